@@ -1,0 +1,18 @@
+# The rose pruning workflow. Each stage lives in its own file under workflow/rules/, and
+# common.smk validates the config and builds every path; the rules call the rose command line.
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/model.smk"
+include: "workflow/rules/calibration.smk"
+include: "workflow/rules/blocks.smk"
+include: "workflow/rules/checkpoint.smk"
+include: "workflow/rules/evaluation.smk"
+include: "workflow/rules/summary.smk"
+
+
+rule all:
+    input:
+        rules.summary.output,
+    default_target: True

@@ -1,0 +1,212 @@
+"""Command line: one subcommand per pipeline stage (called by the Snakemake rules) plus
+``rose prune``, which prunes a whole model in one process without Snakemake."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("rose")
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from rose.io import IntegrityError
+    from rose.sweep import CholeskyError
+
+    return (ValueError, FileNotFoundError, IntegrityError, CholeskyError, FloatingPointError, NotImplementedError)
+
+
+def _optional_int(value: str) -> int | None:
+    return None if value.lower() in ("none", "null", "") else int(value)
+
+
+def _add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
+
+
+def _add_prune_settings(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--method", required=True, help="sparsegpt, rose, rose_ascending, rose_blocks_only, rose_columns_only, wanda or magnitude")
+    parser.add_argument("--pattern", default="unstructured", help="'unstructured' or an N:M pattern such as 2:4")
+    parser.add_argument("--sparsity", type=float, default=None, help="fraction of weights to prune, in [0, 1); implied by N:M patterns")
+    parser.add_argument("--block-size", type=int, default=128, help="sweep block size in columns")
+    parser.add_argument("--damping", type=float, default=0.01, help="relative damping added as damping * mean(diag H)")
+    parser.add_argument("--threshold", type=float, default=0.5, help="ROSE gate: reorder layers whose relative range exceeds it")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rose", description=__doc__)
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    command = commands.add_parser("check-config", help="validate a workflow config file and list its runs")
+    command.add_argument("config", type=Path)
+
+    command = commands.add_parser("import-model", help="write a local float32 safetensors checkpoint of a model spec")
+    command.add_argument("--spec", required=True, help="hub id, local folder or .gguf file, or package:<pkg>/<file>.gguf")
+    command.add_argument("--out", type=Path, required=True)
+
+    command = commands.add_parser("calibrate", help="draw seeded calibration windows from a corpus")
+    command.add_argument("--model", type=Path, required=True, help="imported checkpoint folder (for its tokenizer)")
+    command.add_argument("--dataset", required=True)
+    command.add_argument("--nsamples", type=int, required=True)
+    command.add_argument("--seqlen", type=int, required=True)
+    command.add_argument("--seed", type=int, required=True)
+    command.add_argument("--out", type=Path, required=True)
+
+    command = commands.add_parser("capture", help="record block 0's inputs and the arguments the model passes to blocks")
+    command.add_argument("--model", type=Path, required=True)
+    command.add_argument("--calibration", type=Path, required=True)
+    command.add_argument("--out-inputs", type=Path, required=True)
+    command.add_argument("--out-kwargs", type=Path, required=True)
+    command.add_argument("--activation-dtype", default="auto")
+    _add_device(command)
+
+    command = commands.add_parser("hessian", help="accumulate H and activation norms for every sublayer of one block")
+    command.add_argument("--model", type=Path, required=True)
+    command.add_argument("--block", type=int, required=True)
+    command.add_argument("--inputs", type=Path, required=True)
+    command.add_argument("--kwargs", type=Path, required=True)
+    command.add_argument("--out", type=Path, required=True)
+    _add_device(command)
+
+    command = commands.add_parser("prune-block", help="prune every linear sublayer of one block")
+    command.add_argument("--model", type=Path, required=True)
+    command.add_argument("--block", type=int, required=True)
+    command.add_argument("--hessians", type=Path, required=True)
+    command.add_argument("--out-weights", type=Path, required=True)
+    command.add_argument("--out-stats", type=Path, required=True)
+    _add_prune_settings(command)
+    _add_device(command)
+
+    command = commands.add_parser("propagate", help="run one block on its inputs; the outputs feed the next block")
+    command.add_argument("--model", type=Path, required=True)
+    command.add_argument("--block", type=int, required=True)
+    command.add_argument("--weights", type=Path, default=None, help="pruned block file; omit for the dense weights")
+    command.add_argument("--inputs", type=Path, required=True)
+    command.add_argument("--kwargs", type=Path, required=True)
+    command.add_argument("--out", type=Path, required=True)
+    _add_device(command)
+
+    command = commands.add_parser("assemble", help="merge pruned blocks into a Hugging Face checkpoint")
+    command.add_argument("--model", type=Path, required=True)
+    command.add_argument("--weights", type=Path, nargs="*", default=[])
+    command.add_argument("--stats", type=Path, nargs="*", default=[])
+    command.add_argument("--out", type=Path, required=True)
+
+    command = commands.add_parser("perplexity", help="perplexity of a checkpoint on non-overlapping windows")
+    command.add_argument("--checkpoint", type=Path, required=True)
+    command.add_argument("--dataset", required=True)
+    command.add_argument("--seqlen", type=int, required=True)
+    command.add_argument("--max-chars", type=_optional_int, default=None)
+    command.add_argument("--max-windows", type=_optional_int, default=None)
+    command.add_argument("--batch-size", type=int, default=1)
+    command.add_argument("--out", type=Path, required=True)
+    _add_device(command)
+
+    command = commands.add_parser("summary", help="collect results into summary.csv and the perplexity figure")
+    command.add_argument("--rows", nargs="+", required=True, metavar="MODEL,METHOD,PATTERN,SPARSITY,CALIBRATION,PPL_JSON,SPARSITY_JSON")
+    command.add_argument("--out-csv", type=Path, required=True)
+    command.add_argument("--out-figure", type=Path, required=True)
+
+    command = commands.add_parser("prune", help="prune a whole model in one process, without Snakemake")
+    command.add_argument("--model", required=True, help="hub id, local folder or .gguf file, or package:<pkg>/<file>.gguf")
+    command.add_argument("--out", type=Path, required=True, help="folder for the pruned checkpoint")
+    command.add_argument("--calibration", default="c4-sample")
+    command.add_argument("--nsamples", type=int, default=32)
+    command.add_argument("--seqlen", type=int, default=512)
+    command.add_argument("--seed", type=int, default=0)
+    command.add_argument("--propagation", choices=["pruned", "dense"], default="pruned")
+    command.add_argument("--activation-dtype", default="auto")
+    command.add_argument("--work-dir", type=Path, default=None, help="intermediate files (default: <out>.work)")
+    _add_prune_settings(command)
+    _add_device(command)
+    return parser
+
+
+def run(args: argparse.Namespace) -> None:
+    from rose import pipeline
+
+    if args.command == "check-config":
+        from rose import config as cfg
+
+        loaded = cfg.load(args.config)
+        for item in cfg.runs(loaded):
+            print(f"{item.method}\t{item.target}")
+        return
+    if args.command == "import-model":
+        from rose.models import import_model
+
+        import_model(args.spec, args.out)
+    elif args.command == "calibrate":
+        pipeline.calibrate(args.model, args.dataset, args.nsamples, args.seqlen, args.seed, args.out)
+    elif args.command == "capture":
+        pipeline.capture(args.model, args.calibration, args.out_inputs, args.out_kwargs, args.device, args.activation_dtype)
+    elif args.command == "hessian":
+        pipeline.hessians(args.model, args.block, args.inputs, args.kwargs, args.out, args.device)
+    elif args.command == "prune-block":
+        pipeline.prune(args.model, args.block, args.hessians, _settings(args), args.out_weights, args.out_stats, args.device)
+    elif args.command == "propagate":
+        pipeline.propagate(args.model, args.block, args.weights, args.inputs, args.kwargs, args.out, args.device)
+    elif args.command == "assemble":
+        pipeline.assemble(args.model, args.weights, args.stats, args.out)
+    elif args.command == "perplexity":
+        pipeline.evaluate_perplexity(
+            args.checkpoint, args.dataset, args.seqlen, args.max_chars, args.max_windows, args.batch_size, args.out, args.device
+        )
+    elif args.command == "summary":
+        from rose import summary
+
+        rows = []
+        for item in args.rows:
+            model, method, pattern, sparsity, calibration, ppl, report = item.split(",")
+            rows.append(summary.summary_row(model, method, pattern, float(sparsity), calibration, Path(ppl), Path(report)))
+        frame = summary.write_table(rows, args.out_csv)
+        summary.plot_perplexity_vs_sparsity(frame, args.out_figure)
+        print(frame.to_string(index=False))
+    elif args.command == "prune":
+        from rose.oneshot import prune_model
+
+        prune_model(
+            args.model, args.out, _settings(args), args.calibration, args.nsamples, args.seqlen, args.seed,
+            args.propagation, args.device, args.activation_dtype, args.work_dir,
+        )
+
+
+def _settings(args: argparse.Namespace):
+    from rose.patterns import parse_pattern
+    from rose.pipeline import PruneSettings
+    from rose.prune import METHODS
+
+    if args.method not in METHODS:
+        raise ValueError(f"unknown pruning method {args.method!r}: expected one of {', '.join(METHODS)}")
+    parse_pattern(args.pattern, args.sparsity)  # rejects a bad pattern or sparsity before any compute
+    return PruneSettings(args.method, args.pattern, args.sparsity, args.block_size, args.damping, args.threshold)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    USER_ERRORS = _user_errors()
+    try:
+        run(args)
+    except USER_ERRORS as error:
+        # Expected failures (bad input, missing or corrupt files) get one clear line, no traceback.
+        log.error("rose %s failed: %s", args.command, error)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

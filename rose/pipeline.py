@@ -1,0 +1,315 @@
+"""The pipeline's stages as functions over files; the Snakemake rules and `rose prune` call them.
+
+Every stage reads its inputs, verifies them, computes, and writes its outputs atomically with
+a record of how they were made. The mathematics lives in `rose.prune` and `rose.blocks`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from rose import blocks as blk
+from rose.data import calibration_text, eval_text, load_corpus, sample_windows, text_sha256, tokenize_stream
+from rose.evaluate import perplexity
+from rose.io import atomic_path, load_object, load_tensors, read_json, save_object, save_tensors, write_json
+from rose.models import WEIGHTS_FILE
+from rose.prune import PruneStats, prune_matrix
+
+log = logging.getLogger(__name__)
+
+HIDDEN = "hidden_states"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class PruneSettings:
+    """One pruning configuration: method and pattern plus the sweep's knobs."""
+
+    method: str
+    pattern: str = "unstructured"
+    sparsity: float | None = None
+    block_size: int = 128
+    damping: float = 0.01
+    threshold: float = 0.5
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` picks CUDA when present, else the CPU; ``cpu``, ``cuda`` and ``cuda:N`` are taken as given."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available; use 'auto' or 'cpu'")
+    try:
+        return torch.device(device)
+    except RuntimeError as error:
+        raise ValueError(f"invalid device {device!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'") from error
+
+
+def resolve_activation_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``auto`` stores activations as bfloat16 on GPUs and float32 on the CPU."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if name not in DTYPES:
+        raise ValueError(f"invalid activation dtype {name!r}: expected 'auto' or one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def provenance(**fields) -> dict:
+    """What produced an output: the caller's settings plus the software versions."""
+    import transformers
+
+    from rose import __version__
+
+    return {
+        **fields,
+        "versions": {"rose": __version__, "torch": torch.__version__, "transformers": transformers.__version__},
+        "python": platform.python_version(),
+    }
+
+
+def check_finite(tensor: torch.Tensor, what: str) -> None:
+    if not bool(torch.isfinite(tensor).all()):
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise FloatingPointError(f"{what} contains {bad} NaN or inf values")
+
+
+# Stage 2: calibration windows.
+
+
+def calibrate(model_dir: Path, dataset: str, nsamples: int, seqlen: int, seed: int, out: Path) -> None:
+    from transformers import AutoTokenizer
+
+    config = blk.load_config(model_dir)
+    context = getattr(config, "max_position_embeddings", None)
+    if context is not None and seqlen > context:
+        raise ValueError(f"seqlen {seqlen} exceeds the model's context length of {context} tokens")
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    corpus = load_corpus(dataset)
+    text = calibration_text(corpus, nsamples, seqlen)
+    stream = tokenize_stream(tokenizer, text)
+    tokens = sample_windows(stream, nsamples, seqlen, seed)
+    record = provenance(
+        dataset=dataset,
+        source=corpus.source,
+        text_sha256=text_sha256(text),
+        text_chars=len(text),
+        stream_tokens=stream.numel(),
+        nsamples=nsamples,
+        seqlen=seqlen,
+        seed=seed,
+        sampling="random windows from the concatenated documents (joined by blank lines)",
+    )
+    save_tensors(out, {"tokens": tokens}, record)
+    log.info("calibration: %d windows of %d tokens from %s (%d tokens)", nsamples, seqlen, dataset, stream.numel())
+
+
+# Stage 3: block 0 inputs and the arguments every block receives.
+
+
+def capture(model_dir: Path, calibration: Path, out_inputs: Path, out_kwargs: Path, device: str, activation_dtype: str) -> None:
+    torch_device = resolve_device(device)
+    storage = resolve_activation_dtype(activation_dtype, torch_device)
+    tokens = load_tensors(calibration, ["tokens"])[0]["tokens"]
+    inputs, kwargs = blk.capture_block_inputs(model_dir, tokens, torch_device, storage)
+    check_finite(inputs, "block 0 inputs")
+    save_object(out_kwargs, kwargs)
+    save_tensors(out_inputs, {HIDDEN: inputs}, provenance(block=0, calibration=str(calibration)))
+
+
+# Stage 4: Hessians of one block.
+
+
+def hessians(model_dir: Path, index: int, inputs_file: Path, kwargs_file: Path, out: Path, device: str) -> None:
+    torch_device = resolve_device(device)
+    inputs = load_tensors(inputs_file, [HIDDEN])[0][HIDDEN]
+    block = blk.load_block(model_dir, index, device=torch_device)
+    statistics = blk.accumulate_hessians(block, inputs, load_object(kwargs_file), torch_device)
+    tensors, groups = {}, {}
+    for leader, stats in statistics.items():
+        check_finite(stats.hessian, f"block {index} Hessian of {leader}")
+        tensors[f"hessian/{leader}"] = stats.hessian
+        tensors[f"act_sq_norm/{leader}"] = stats.act_sq_norm
+        groups[leader] = stats.sublayers
+    save_tensors(out, tensors, provenance(block=index, groups=groups, nsamples=inputs.shape[0], inputs=str(inputs_file)))
+
+
+# Stage 5: prune one block.
+
+
+def prune_block(
+    block: torch.nn.Module,
+    statistics: dict[str, blk.InputStatistics],
+    settings: PruneSettings,
+    index: int,
+    device: torch.device,
+) -> list[PruneStats]:
+    """Prune every linear sublayer of ``block`` in place and return their statistics."""
+    modules = blk.sublayers(block)
+    records = []
+    for leader, stats in statistics.items():
+        hessian = stats.hessian.to(device)
+        act_sq_norm = stats.act_sq_norm.to(device)
+        for name in stats.sublayers:
+            module = modules[name]
+            pruned, record = prune_matrix(
+                blk.weight_matrix(module).to(device),
+                hessian,
+                act_sq_norm,
+                settings.method,
+                settings.sparsity,
+                settings.pattern,
+                settings.block_size,
+                settings.damping,
+                settings.threshold,
+                name=f"block {index} {name}",
+            )
+            check_finite(pruned, f"block {index} {name} pruned weights")
+            blk.set_weight_matrix(module, pruned)
+            records.append({"sublayer": name, **record.to_dict()})
+            log.info(
+                "block %d %s: sparsity %.4f, relative error %.4g, reordered %s, %.2f s",
+                index, name, record.sparsity, record.relative_error or 0.0, record.reordered, record.seconds,
+            )
+    return records
+
+
+def read_statistics(hessian_file: Path, device: torch.device) -> dict[str, blk.InputStatistics]:
+    tensors, header = load_tensors(hessian_file)
+    return {
+        leader: blk.InputStatistics(
+            members, tensors[f"hessian/{leader}"], tensors[f"act_sq_norm/{leader}"], header["nsamples"]
+        )
+        for leader, members in header["groups"].items()
+    }
+
+
+def prune(model_dir: Path, index: int, hessian_file: Path, settings: PruneSettings, out_weights: Path, out_stats: Path, device: str) -> None:
+    torch_device = resolve_device(device)
+    started = time.perf_counter()
+    block = blk.load_block(model_dir, index, device=torch_device)
+    records = prune_block(block, read_statistics(hessian_file, torch_device), settings, index, torch_device)
+    prefix = blk.block_prefix(model_dir)
+    seconds = time.perf_counter() - started
+    record = provenance(block=index, settings=asdict(settings), hessians=str(hessian_file), seconds=seconds)
+    save_tensors(out_weights, blk.block_state(block, prefix, index), record)
+    write_json(out_stats, {**record, "sublayers": records})
+
+
+# Stage 6: propagation.
+
+
+def propagate(model_dir: Path, index: int, weights_file: Path | None, inputs_file: Path, kwargs_file: Path, out: Path, device: str) -> None:
+    """Run block ``index`` (pruned weights, or the dense ones when ``weights_file`` is None)."""
+    torch_device = resolve_device(device)
+    inputs = load_tensors(inputs_file, [HIDDEN])[0][HIDDEN]
+    state = load_tensors(weights_file)[0] if weights_file is not None else None
+    block = blk.load_block(model_dir, index, state, torch_device)
+    outputs = blk.run_block(block, inputs, load_object(kwargs_file), torch_device, desc=f"propagate block {index}")
+    check_finite(outputs, f"outputs of block {index}")
+    save_tensors(out, {HIDDEN: outputs}, provenance(block=index + 1, weights=str(weights_file or "dense")))
+
+
+# Stage 7: checkpoint assembly.
+
+
+def assemble(model_dir: Path, weight_files: list[Path], stats_files: list[Path], out_dir: Path) -> None:
+    """Merge pruned blocks into a Hugging Face checkpoint and write ``sparsity.json`` beside it."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(model_dir / WEIGHTS_FILE), framework="pt") as handle:
+        state = {key: handle.get_tensor(key) for key in handle.keys()}
+        metadata = handle.metadata() or {}
+    pruned_names = set()
+    for path in weight_files:
+        tensors, _ = load_tensors(path)
+        for key, value in tensors.items():
+            if key not in state:
+                raise KeyError(f"{path}: tensor {key!r} is not part of the model in {model_dir}")
+            state[key] = value
+        pruned_names.update(key for key in tensors if key.endswith(".weight"))
+
+    prefix = blk.block_prefix(model_dir)
+    sublayer_names = _sublayer_weight_names(model_dir, prefix)
+    report = _sparsity_report(state, sublayer_names)
+    report["pruned_blocks"] = len(weight_files)
+    report["pruning_seconds"] = sum(read_json(path)["seconds"] for path in stats_files)
+
+    with atomic_path(out_dir) as staged:
+        staged.mkdir()
+        save_file(state, str(staged / WEIGHTS_FILE), metadata={"format": "pt", **metadata})
+        for item in model_dir.iterdir():
+            if item.is_file() and item.name not in (WEIGHTS_FILE, "import.json"):
+                shutil.copy2(item, staged / item.name)
+        (staged / "sparsity.json").write_text(json.dumps(report, indent=2) + "\n")
+    log.info("assembled %s: overall sparsity %.4f over %d linear layers", out_dir, report["overall"], len(report["layers"]))
+
+
+def _sublayer_weight_names(model_dir: Path, prefix: str) -> list[str]:
+    """Full weight names of every linear sublayer in every block, found on a meta copy of the model."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(blk.load_config(model_dir))
+    _, block_list = blk.find_blocks(model)
+    return [
+        f"{prefix}.{index}.{name}.weight"
+        for index, block in enumerate(block_list)
+        for name in blk.sublayers(block)
+    ]
+
+
+def _sparsity_report(state: dict[str, torch.Tensor], names: list[str]) -> dict:
+    layers = {}
+    zeros = total = 0
+    for name in names:
+        weight = state[name]
+        count = int((weight == 0).sum())
+        layers[name] = {"zeros": count, "numel": weight.numel(), "sparsity": count / weight.numel()}
+        zeros += count
+        total += weight.numel()
+    return {"overall": zeros / total if total else 0.0, "zeros": zeros, "numel": total, "layers": layers}
+
+
+# Stage 8: perplexity.
+
+
+def evaluate_perplexity(
+    checkpoint: Path,
+    dataset: str,
+    seqlen: int,
+    max_chars: int | None,
+    max_windows: int | None,
+    batch_size: int,
+    out: Path,
+    device: str,
+) -> dict:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_device = resolve_device(device)
+    tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
+    text, corpus = eval_text(dataset, max_chars)
+    stream = tokenize_stream(tokenizer, text)
+    model = AutoModelForCausalLM.from_pretrained(str(checkpoint), dtype=torch.float32).to(torch_device)
+    result = perplexity(model, stream, seqlen, max_windows, batch_size, torch_device)
+    record = provenance(
+        checkpoint=str(checkpoint),
+        dataset=dataset,
+        source=corpus.source,
+        text_sha256=text_sha256(text),
+        text_chars=len(text),
+        max_chars=max_chars,
+        max_windows=max_windows,
+        **asdict(result),
+    )
+    write_json(out, record)
+    log.info("perplexity on %s: %.3f over %d windows of %d tokens", dataset, result.perplexity, result.windows, seqlen)
+    return record

@@ -1,0 +1,110 @@
+# Config validation, wildcard constraints and the one place where output paths are built.
+import re
+import sys
+
+from rose import config as rose_config
+from rose.config import Run
+from rose.models import count_blocks
+
+try:
+    _validated = rose_config.validate(config)
+except rose_config.ConfigError as error:
+    sys.exit(f"Invalid configuration: {error}")
+config.clear()
+config.update(_validated)
+
+RESULTS = "results"
+RUNS = rose_config.runs(config)
+CALIBRATION = rose_config.calibration_tag(config)
+PRUNING = config["pruning"]
+THREADS = config["threads"]
+DEVICE = config["device"]
+
+
+wildcard_constraints:
+    model="[A-Za-z0-9][A-Za-z0-9._-]*",
+    calib="[^/]+",
+    method="[a-z_]+",
+    target="dense|unstructured-[0-9.]+|[0-9]+of[0-9]+",
+    block="[0-9]{3}",
+    dataset="[^/]+",
+
+
+def model_dir(model):
+    return f"resources/models/{model}"
+
+
+def run_dir(wildcards, method=None, target=None):
+    """Folder of one run: results/<model>/<calibration>/<method>/<target>."""
+    method = method or wildcards.method
+    target = target or wildcards.target
+    return f"{RESULTS}/{wildcards.model}/{wildcards.calib}/{method}/{target}"
+
+
+def block_file(block):
+    return f"block_{int(block):03d}"
+
+
+def num_blocks(model):
+    return count_blocks(config["models"][model], model_dir(model))
+
+
+def calibration_settings(calib):
+    """Parse a calibration tag such as c4-sample_n32_l512_seed0 back into its settings."""
+    match = re.fullmatch(r"(.+)_n(\d+)_l(\d+)_seed(\d+)", calib)
+    if not match or calib != CALIBRATION:
+        raise ValueError(f"unknown calibration setting {calib!r}; this config defines {CALIBRATION!r}")
+    return {
+        "dataset": config["calibration"]["dataset"],
+        "nsamples": int(match.group(2)),
+        "seqlen": int(match.group(3)),
+        "seed": int(match.group(4)),
+    }
+
+
+def embeddings_dir(wildcards):
+    return f"{RESULTS}/{wildcards.model}/{wildcards.calib}/embeddings"
+
+
+def stream_run(wildcards):
+    """(method, target) whose activations calibrate this run: itself, or dense ones under dense propagation."""
+    if PRUNING["propagation"] == "dense":
+        return "dense", "dense"
+    return wildcards.method, wildcards.target
+
+
+def block_inputs(wildcards, block=None):
+    """Inputs of a block in the activation stream of (method, target) given by the wildcards."""
+    block = int(wildcards.block if block is None else block)
+    if block == 0:
+        return f"{embeddings_dir(wildcards)}/inputs.safetensors"
+    return f"{run_dir(wildcards)}/inputs/{block_file(block)}.safetensors"
+
+
+def hessian_for_pruning(wildcards):
+    method, target = stream_run(wildcards)
+    return f"{run_dir(wildcards, method, target)}/hessians/{block_file(wildcards.block)}.safetensors"
+
+
+def pruned_blocks(wildcards, suffix):
+    if wildcards.method == "dense":
+        return []
+    return [
+        f"{run_dir(wildcards)}/pruned/{block_file(block)}.{suffix}"
+        for block in range(num_blocks(wildcards.model))
+    ]
+
+
+def checkpoint_dir(model, method, target, calib=CALIBRATION):
+    return f"{RESULTS}/{model}/{calib}/{method}/{target}/checkpoint"
+
+
+def log_file(rule_name, pattern):
+    return f"{RESULTS}/logs/{rule_name}/{pattern}.log"
+
+
+def benchmark_file(rule_name, pattern):
+    return f"{RESULTS}/benchmarks/{rule_name}/{pattern}.tsv"
+
+
+RUN_PATTERN = "{model}/{calib}/{method}/{target}"

@@ -1,6 +1,10 @@
 # The rose pruning workflow. Each stage lives in its own file under workflow/rules/, and
 # common.smk validates the config and builds every path; the rules call the rose command line.
-configfile: "config.yaml"
+# The default run; a --configfile given on the command line replaces it instead of merging into it.
+if not config.get("models"):
+
+    configfile: "config.yaml"
+
 
 
 include: "workflow/rules/common.smk"

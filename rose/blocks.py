@@ -49,14 +49,9 @@ def sublayers(block: nn.Module) -> dict[str, nn.Module]:
     return {name: module for name, module in block.named_modules() if name and is_sublayer(module)}
 
 
-def weight_matrix(module: nn.Module) -> torch.Tensor:
-    """The weight as out_features × in_features, whatever the module stores."""
-    return module.weight.data.t() if type(module).__name__ == "Conv1D" else module.weight.data
-
-
-def set_weight_matrix(module: nn.Module, matrix: torch.Tensor) -> None:
-    stored = matrix.t() if type(module).__name__ == "Conv1D" else matrix
-    module.weight.data.copy_(stored.to(module.weight.dtype))
+def is_transposed(module: nn.Module) -> bool:
+    """True when the module stores its weight as in_features × out_features (GPT-2's Conv1D)."""
+    return type(module).__name__ == "Conv1D"
 
 
 def load_config(checkpoint_dir: str | Path):
@@ -79,7 +74,8 @@ def load_block(
     index: int,
     state: dict[str, torch.Tensor] | None = None,
     device: str | torch.device = "cpu",
-) -> nn.Module:
+    with_prefix: bool = False,
+) -> nn.Module | tuple[nn.Module, str]:
     """Build decoder block ``index`` alone and load its weights.
 
     ``state`` holds the block's tensors under their full checkpoint names (a pruned block file);
@@ -110,12 +106,7 @@ def load_block(
     block.to_empty(device=device)
     block.load_state_dict(local, strict=True)
     block.eval()
-    return block
-
-
-def block_state(block: nn.Module, prefix: str, index: int) -> dict[str, torch.Tensor]:
-    """The block's tensors under their full checkpoint names."""
-    return {f"{prefix}.{index}.{name}": tensor for name, tensor in block.state_dict().items()}
+    return (block, prefix) if with_prefix else block
 
 
 def _truncated_model(checkpoint_dir: str | Path, device: str | torch.device) -> nn.Module:

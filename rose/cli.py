@@ -64,12 +64,19 @@ def build_parser() -> argparse.ArgumentParser:
     command.add_argument("--activation-dtype", default="auto")
     _add_device(command)
 
-    command = commands.add_parser("hessian", help="accumulate H and activation norms for every sublayer of one block")
+    command = commands.add_parser(
+        "hessian", help="get a block's inputs (propagating the previous block) and accumulate H and activation norms"
+    )
     command.add_argument("--model", type=Path, required=True)
     command.add_argument("--block", type=int, required=True)
-    command.add_argument("--inputs", type=Path, required=True)
+    command.add_argument(
+        "--source-inputs", type=Path, required=True,
+        help="inputs of this block (block 0) or of the previous block, which is run first (later blocks)",
+    )
+    command.add_argument("--previous-weights", type=Path, default=None, help="pruned weights of the previous block; omit for dense")
     command.add_argument("--kwargs", type=Path, required=True)
-    command.add_argument("--out", type=Path, required=True)
+    command.add_argument("--out", type=Path, required=True, help="Hessian file to write")
+    command.add_argument("--out-inputs", type=Path, default=None, help="where to save this block's inputs for the next block")
     _add_device(command)
 
     command = commands.add_parser("prune-block", help="prune every linear sublayer of one block")
@@ -145,7 +152,9 @@ def run(args: argparse.Namespace) -> None:
     elif args.command == "capture":
         pipeline.capture(args.model, args.calibration, args.out_inputs, args.out_kwargs, args.device, args.activation_dtype)
     elif args.command == "hessian":
-        pipeline.hessians(args.model, args.block, args.inputs, args.kwargs, args.out, args.device)
+        pipeline.hessians(
+            args.model, args.block, args.source_inputs, args.kwargs, args.out, args.device, args.previous_weights, args.out_inputs
+        )
     elif args.command == "prune-block":
         pipeline.prune(args.model, args.block, args.hessians, _settings(args), args.out_weights, args.out_stats, args.device)
     elif args.command == "propagate":

@@ -49,30 +49,23 @@ def prune_model(
     if not tokens.exists():
         pipeline.calibrate(model_dir, calibration, nsamples, seqlen, seed, tokens)
     kwargs = work / "block_kwargs.pt"
-    inputs = work / "inputs_000.safetensors"
+    inputs = work / "embeddings.safetensors"
     if not inputs.exists():
         pipeline.capture(model_dir, tokens, inputs, kwargs, device, activation_dtype)
 
     weights, stats = [], []
-    dense_inputs = inputs
+    source, previous = inputs, None
     for index in range(count_blocks(spec, model_dir)):
         hessian = work / f"hessians_{index:03d}.safetensors"
+        block_inputs = work / f"inputs_{index:03d}.safetensors"
         weight = work / f"pruned_{index:03d}.safetensors"
         stat = work / f"pruned_{index:03d}.json"
-        next_inputs = work / f"inputs_{index + 1:03d}.safetensors"
-        next_dense = work / f"dense_inputs_{index + 1:03d}.safetensors"
-        if not weight.exists() or not stat.exists():
-            source_inputs = dense_inputs if propagation == "dense" else inputs
-            if not hessian.exists():
-                pipeline.hessians(model_dir, index, source_inputs, kwargs, hessian, device)
+        if not (weight.exists() and stat.exists() and block_inputs.exists()):
+            if not (hessian.exists() and block_inputs.exists()):
+                pipeline.hessians(model_dir, index, source, kwargs, hessian, device, previous, block_inputs)
             pipeline.prune(model_dir, index, hessian, settings, weight, stat, device)
-        if propagation == "dense":
-            if not next_dense.exists():
-                pipeline.propagate(model_dir, index, None, dense_inputs, kwargs, next_dense, device)
-            dense_inputs = next_dense
-        elif not next_inputs.exists():
-            pipeline.propagate(model_dir, index, weight, inputs, kwargs, next_inputs, device)
-        inputs = next_inputs
+        # Block index + 1 is calibrated on this block's outputs: pruned ones, or dense ones.
+        source, previous = block_inputs, (weight if propagation == "pruned" else None)
         weights.append(weight)
         stats.append(stat)
         log.info("block %d done", index)

@@ -1,20 +1,41 @@
-# Stages 4 to 6, once per decoder block: Hessians of the block's inputs, pruning, and
-# propagation of the (pruned) block's outputs to the next block.
+# Stages 4 to 6, once per decoder block. The hessian job of block i first propagates: it runs
+# block i-1 (pruned, or dense under dense propagation) on that block's inputs to get block i's
+# inputs, then accumulates H and activation norms. The prune job prunes block i from them.
 
 
 def _maybe_temp(path):
     return path if config["keep_hessians"] else temp(path)
 
 
+def _source_inputs(wildcards):
+    """Block 0 reads the captured inputs; block i reads block i-1's inputs and runs block i-1."""
+    block = int(wildcards.block)
+    if block == 0:
+        return f"{embeddings_dir(wildcards)}/inputs.safetensors"
+    return f"{run_dir(wildcards)}/inputs/{block_file(block - 1)}.safetensors"
+
+
+def _previous_weights(wildcards):
+    block = int(wildcards.block)
+    if block == 0 or wildcards.method == "dense":
+        return []
+    return f"{run_dir(wildcards)}/pruned/{block_file(block - 1)}.safetensors"
+
+
 rule hessian:
     input:
         model=lambda wildcards: model_dir(wildcards.model),
-        inputs=block_inputs,
+        source_inputs=_source_inputs,
+        previous_weights=_previous_weights,
         kwargs=lambda wildcards: f"{embeddings_dir(wildcards)}/block_kwargs.pt",
     output:
-        _maybe_temp(f"{RESULTS}/{RUN_PATTERN}/hessians/block_{{block}}.safetensors"),
+        hessians=_maybe_temp(f"{RESULTS}/{RUN_PATTERN}/hessians/block_{{block}}.safetensors"),
+        inputs=temp(f"{RESULTS}/{RUN_PATTERN}/inputs/block_{{block}}.safetensors"),
     params:
         device=DEVICE,
+        previous_weights=lambda wildcards, input: (
+            f"--previous-weights {input.previous_weights}" if input.previous_weights else ""
+        ),
     log:
         log_file("hessian", RUN_PATTERN + "/block_{block}"),
     benchmark:
@@ -23,11 +44,14 @@ rule hessian:
     resources:
         mem_mb=4000,
         runtime=30,
+    conda:
+        CONDA_ENV
     message:
-        "Hessians of block {wildcards.block} ({wildcards.method} {wildcards.target})"
+        "Inputs and Hessians of block {wildcards.block} ({wildcards.method} {wildcards.target})"
     shell:
         "rose --threads {threads} hessian --model {input.model:q} --block {wildcards.block}"
-        " --inputs {input.inputs:q} --kwargs {input.kwargs:q} --out {output:q} --device {params.device} > {log:q} 2>&1"
+        " --source-inputs {input.source_inputs:q} {params.previous_weights} --kwargs {input.kwargs:q}"
+        " --out {output.hessians:q} --out-inputs {output.inputs:q} --device {params.device} > {log:q} 2>&1"
 
 
 rule prune_block:
@@ -52,6 +76,8 @@ rule prune_block:
     resources:
         mem_mb=4000,
         runtime=30,
+    conda:
+        CONDA_ENV
     message:
         "Pruning block {wildcards.block} with {wildcards.method} ({wildcards.target})"
     shell:
@@ -60,40 +86,3 @@ rule prune_block:
         " --sparsity {params.sparsity} --block-size {params.block_size} --damping {params.damping}"
         " --threshold {params.threshold} --out-weights {output.weights:q} --out-stats {output.stats:q}"
         " --device {params.device} > {log:q} 2>&1"
-
-
-def _propagated_block(wildcards):
-    return int(wildcards.block) - 1
-
-
-def _propagate_weights(wildcards):
-    if wildcards.method == "dense":
-        return []
-    return f"{run_dir(wildcards)}/pruned/{block_file(_propagated_block(wildcards))}.safetensors"
-
-
-rule propagate:
-    input:
-        model=lambda wildcards: model_dir(wildcards.model),
-        weights=_propagate_weights,
-        inputs=lambda wildcards: block_inputs(wildcards, _propagated_block(wildcards)),
-        kwargs=lambda wildcards: f"{embeddings_dir(wildcards)}/block_kwargs.pt",
-    output:
-        temp(f"{RESULTS}/{RUN_PATTERN}/inputs/block_{{block}}.safetensors"),
-    params:
-        device=DEVICE,
-        source=_propagated_block,
-        weights=lambda wildcards, input: f"--weights {input.weights}" if input.weights else "",
-    log:
-        log_file("propagate", RUN_PATTERN + "/block_{block}"),
-    benchmark:
-        benchmark_file("propagate", RUN_PATTERN + "/block_{block}")
-    threads: THREADS
-    resources:
-        mem_mb=4000,
-        runtime=30,
-    message:
-        "Propagating block {params.source} outputs to block {wildcards.block} ({wildcards.method} {wildcards.target})"
-    shell:
-        "rose --threads {threads} propagate --model {input.model:q} --block {params.source} {params.weights}"
-        " --inputs {input.inputs:q} --kwargs {input.kwargs:q} --out {output:q} --device {params.device} > {log:q} 2>&1"

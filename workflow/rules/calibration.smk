@@ -17,6 +17,8 @@ rule calibrate:
     resources:
         mem_mb=4000,
         runtime=30,
+    conda:
+        CONDA_ENV
     message:
         "Sampling calibration windows {wildcards.calib} for {wildcards.model}"
     shell:
@@ -43,6 +45,8 @@ rule capture_block_inputs:
     resources:
         mem_mb=8000,
         runtime=30,
+    conda:
+        CONDA_ENV
     message:
         "Capturing block 0 inputs of {wildcards.model}"
     shell:

@@ -16,6 +16,8 @@ rule assemble_checkpoint:
     resources:
         mem_mb=8000,
         runtime=30,
+    conda:
+        CONDA_ENV
     message:
         "Assembling the {wildcards.method} {wildcards.target} checkpoint of {wildcards.model}"
     shell:

@@ -14,6 +14,8 @@ config.clear()
 config.update(_validated)
 
 RESULTS = "results"
+# Used by --sdm conda; a plain run uses the current environment.
+CONDA_ENV = "../../envs/rose.yaml"
 RUNS = rose_config.runs(config)
 CALIBRATION = rose_config.calibration_tag(config)
 PRUNING = config["pruning"]
@@ -71,14 +73,6 @@ def stream_run(wildcards):
     if PRUNING["propagation"] == "dense":
         return "dense", "dense"
     return wildcards.method, wildcards.target
-
-
-def block_inputs(wildcards, block=None):
-    """Inputs of a block in the activation stream of (method, target) given by the wildcards."""
-    block = int(wildcards.block if block is None else block)
-    if block == 0:
-        return f"{embeddings_dir(wildcards)}/inputs.safetensors"
-    return f"{run_dir(wildcards)}/inputs/{block_file(block)}.safetensors"
 
 
 def hessian_for_pruning(wildcards):

@@ -23,6 +23,8 @@ rule perplexity:
     resources:
         mem_mb=8000,
         runtime=60,
+    conda:
+        CONDA_ENV
     message:
         "Perplexity of {wildcards.method} {wildcards.target} on {wildcards.dataset}"
     shell:

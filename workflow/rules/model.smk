@@ -14,6 +14,8 @@ rule import_model:
     resources:
         mem_mb=8000,
         runtime=60,
+    conda:
+        CONDA_ENV
     message:
         "Importing model {wildcards.model}"
     shell:

@@ -32,6 +32,8 @@ rule summary:
     resources:
         mem_mb=2000,
         runtime=10,
+    conda:
+        CONDA_ENV
     message:
         "Writing {output.table} and {output.figure}"
     shell:

@@ -67,13 +67,14 @@ def _describe(error: jsonschema.ValidationError, schema: dict) -> str:
         allowed = sorted(error.schema.get("properties", {}))
         unknown = sorted(set(error.instance) - set(allowed))
         return f"unknown config key(s) {', '.join(map(repr, unknown))} at {where}; accepted keys: {', '.join(allowed)}"
-    description = _schema_at(schema, list(error.absolute_path)).get("description")
+    description = _description_at(schema, list(error.absolute_path))
     accepted = f" (accepted: {' '.join(description.split())})" if description else ""
     return f"invalid config value at '{where}': {error.message}{accepted}"
 
 
-def _schema_at(schema: dict, path: list) -> dict:
-    node = schema
+def _description_at(schema: dict, path: list) -> str | None:
+    """Description of the deepest schema node along ``path`` that has one."""
+    node, description = schema, None
     for part in path:
         if isinstance(part, int):
             node = node.get("items", {})
@@ -82,8 +83,9 @@ def _schema_at(schema: dict, path: list) -> dict:
         elif isinstance(node.get("additionalProperties"), dict):
             node = node["additionalProperties"]
         else:
-            return {}
-    return node
+            break
+        description = node.get("description", description)
+    return description
 
 
 def validate(raw: dict, check_paths: bool = True) -> dict:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from rose.patterns import SparsityPattern, lowest_k_mask, nm_mask, unstructured_count
+from rose.patterns import SparsityPattern, lowest_k_mask, lowest_k_per_row, nm_mask, unstructured_count
 
 # How the blocks and the columns inside them are ordered, by ordering variant.
 # (blocks descending?, columns descending?); None keeps the original order.
@@ -71,11 +71,7 @@ def pre_pruning_loss(score: torch.Tensor, pattern: SparsityPattern, block_size: 
         # All full blocks at once: (blocks, rows · block_size), one exact selection per block.
         full = score[:, : full_blocks * block_size].reshape(rows, full_blocks, block_size)
         per_block = full.permute(1, 0, 2).reshape(full_blocks, rows * block_size)
-        k = unstructured_count(pattern.sparsity, rows * block_size)
-        chosen = torch.zeros_like(per_block, dtype=torch.bool)
-        if k:
-            order = torch.argsort(per_block, dim=1, stable=True)
-            chosen.scatter_(1, order[:, :k], True)
+        chosen = lowest_k_per_row(per_block, unstructured_count(pattern.sparsity, rows * block_size))
         mask[:, : full_blocks * block_size] = (
             chosen.reshape(full_blocks, rows, block_size).permute(1, 0, 2).reshape(rows, -1)
         )

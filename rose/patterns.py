@@ -59,33 +59,41 @@ def check_sparsity(sparsity: float) -> None:
         raise ValueError(f"invalid sparsity {sparsity!r}: expected a number in [0, 1)")
 
 
-def lowest_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Mark exactly ``k`` entries with the lowest scores (ties broken by position).
+def lowest_k_per_row(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Mark exactly ``k`` lowest scores in every row of a 2-D tensor, ties broken by position.
 
-    Choosing by index rather than by a threshold value keeps the count exact when scores tie,
-    which they often do for weights de-quantised from a 4-bit file.
+    Choosing by position rather than by "score <= threshold" keeps the count exact when scores
+    tie, which they often do for weights de-quantised from a 4-bit file. The k-th value comes
+    from a selection (linear time) rather than a full sort.
     """
-    mask = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
-    if k > 0:
-        order = torch.argsort(scores.reshape(-1), stable=True)
-        mask[order[:k]] = True
-    return mask.reshape(scores.shape)
+    rows, width = scores.shape
+    if k <= 0:
+        return torch.zeros_like(scores, dtype=torch.bool)
+    if k >= width:
+        return torch.ones_like(scores, dtype=torch.bool)
+    kth = torch.kthvalue(scores, k, dim=1, keepdim=True).values
+    below = scores < kth
+    # Entries equal to the k-th value fill the remaining places, earliest positions first.
+    ties = scores == kth
+    needed = k - below.sum(dim=1, keepdim=True)
+    return below | (ties & (torch.cumsum(ties, dim=1) <= needed))
+
+
+def lowest_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Mark exactly ``k`` entries of ``scores`` (any shape) with the lowest values."""
+    return lowest_k_per_row(scores.reshape(1, -1), k).reshape(scores.shape)
 
 
 def lowest_per_row_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Mark exactly ``k`` lowest-scoring entries in every row of ``scores`` (rows × width)."""
-    mask = torch.zeros_like(scores, dtype=torch.bool)
-    if k > 0:
-        order = torch.argsort(scores, dim=1, stable=True)
-        mask.scatter_(1, order[:, :k], True)
-    return mask
+    return lowest_k_per_row(scores, k)
 
 
 def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
     """Mark the ``n`` lowest scores in every row of every group of ``m`` consecutive columns."""
     rows, cols = scores.shape
     if cols % m:
-        raise ValueError(f"an {n}:{m} pattern needs a column count divisible by {m}; this matrix has {cols} columns")
+        raise ValueError(f"a {n}:{m} pattern needs a column count divisible by {m}; this matrix has {cols} columns")
     grouped = scores.reshape(rows, cols // m, m)
     order = torch.argsort(grouped, dim=2, stable=True)
     mask = torch.zeros_like(grouped, dtype=torch.bool)

@@ -126,7 +126,7 @@ def prune_matrix(
     rows, cols = weight.shape
     if spec.is_nm and cols % spec.m:
         raise ValueError(
-            f"{name}: an {spec.name} pattern needs the column count to be a multiple of {spec.m}, "
+            f"{name}: a {spec.name} pattern needs the column count to be a multiple of {spec.m}, "
             f"but the matrix has {cols} columns; use unstructured sparsity for this sublayer"
         )
     stats = PruneStats(method, spec.name, spec.sparsity, 0.0, rows, cols)

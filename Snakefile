@@ -13,6 +13,7 @@ include: "workflow/rules/calibration.smk"
 include: "workflow/rules/blocks.smk"
 include: "workflow/rules/checkpoint.smk"
 include: "workflow/rules/evaluation.smk"
+include: "workflow/rules/zeroshot.smk"
 include: "workflow/rules/summary.smk"
 
 

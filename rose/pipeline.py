@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from rose import blocks as blk
+from rose import planning
 from rose.data import calibration_text, eval_text, load_corpus, sample_windows, text_sha256, tokenize_stream
 from rose.evaluate import perplexity
 from rose.io import atomic_path, load_object, load_tensors, read_json, save_object, save_tensors, write_json
@@ -64,7 +65,7 @@ def resolve_activation_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def provenance(**fields) -> dict:
-    """What produced an output: the caller's settings plus the software versions."""
+    """Build the provenance record of an output: the caller's settings plus the software versions."""
     from importlib.metadata import version
 
     from rose import __version__
@@ -116,9 +117,18 @@ def calibrate(model_dir: Path, dataset: str, nsamples: int, seqlen: int, seed: i
 
 
 def capture(model_dir: Path, calibration: Path, out_inputs: Path, out_kwargs: Path, device: str, activation_dtype: str) -> None:
+    """Record block 0's inputs and the keyword arguments the model passes to its blocks."""
     torch_device = resolve_device(device)
     storage = resolve_activation_dtype(activation_dtype, torch_device)
     tokens = load_tensors(calibration, ["tokens"])[0]["tokens"]
+    plan = planning.estimate_block_plan(
+        json.loads((model_dir / "config.json").read_text()), (model_dir / WEIGHTS_FILE).stat().st_size,
+        tokens.shape[0], tokens.shape[1], torch.finfo(storage).bits // 8,
+    )
+    planning.check_memory(
+        2 * plan.activations, "holding the calibration activations",
+        "lower calibration.nsamples or calibration.seqlen, or store activations as bfloat16 (activation_dtype)",
+    )
     inputs, kwargs = blk.capture_block_inputs(model_dir, tokens, torch_device, storage)
     check_finite(inputs, "block 0 inputs")
     save_object(out_kwargs, kwargs)
@@ -226,7 +236,7 @@ def prune_sublayers(
 
 
 def read_statistics(hessian_file: Path) -> tuple[dict[str, blk.InputStatistics], dict]:
-    """The per-input statistics of a Hessian file, and its header."""
+    """Read the per-input statistics of a Hessian file, and its header."""
     tensors, header = load_tensors(hessian_file)
     statistics = {
         leader: blk.InputStatistics(
@@ -238,7 +248,7 @@ def read_statistics(hessian_file: Path) -> tuple[dict[str, blk.InputStatistics],
 
 
 def read_block_tensors(model_dir: Path, prefix: str, index: int) -> dict[str, torch.Tensor]:
-    """All tensors of block ``index`` from the checkpoint, under their full names."""
+    """Read all tensors of block ``index`` from the checkpoint, under their full names."""
     from safetensors import safe_open
 
     key_prefix = f"{prefix}.{index}."
@@ -252,7 +262,7 @@ def prune(model_dir: Path, index: int, hessian_file: Path, settings: PruneSettin
     started = time.perf_counter()
     statistics, header = read_statistics(hessian_file)
     if header["block"] != index:
-        raise ValueError(f"{hessian_file} holds the Hessians of block {header['block']}, not of block {index}")
+        raise ValueError(f"{hessian_file} contains the Hessians of block {header['block']}, not of block {index}; the file does not belong to this job")
     prefix, transposed = header["prefix"], header["transposed"]
     state = read_block_tensors(model_dir, prefix, index)
     key = {name: f"{prefix}.{index}.{name}.weight" for name in transposed}

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from rose.io import atomic_path, read_json
+from rose.zeroshot import summary_columns
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +27,20 @@ COLUMNS = [
 ]
 
 
-def summary_row(model: str, method: str, pattern: str, sparsity: float, calibration: str, perplexity_file: Path, sparsity_file: Path) -> dict:
+def summary_row(
+    model: str,
+    method: str,
+    pattern: str,
+    sparsity: float,
+    calibration: str,
+    perplexity_file: Path,
+    sparsity_file: Path,
+    zeroshot_file: Path | None = None,
+) -> dict:
+    """Build one row of summary.csv; a zero-shot record adds a column per task headline and their mean."""
     evaluation = read_json(perplexity_file)
     report = read_json(sparsity_file)
+    zeroshot = summary_columns(read_json(zeroshot_file)) if zeroshot_file is not None else {}
     return {
         "model": model,
         "method": method,
@@ -40,11 +52,14 @@ def summary_row(model: str, method: str, pattern: str, sparsity: float, calibrat
         "windows": evaluation["windows"],
         "sparsity_reached": report["overall"],
         "pruning_seconds": report["pruning_seconds"],
+        **zeroshot,
     }
 
 
 def write_table(rows: list[dict], out: Path) -> pd.DataFrame:
-    frame = pd.DataFrame(rows, columns=COLUMNS).sort_values(["model", "dataset", "pattern", "sparsity", "method"])
+    # Columns beyond COLUMNS (the zero-shot ones) follow in the order the rows first name them.
+    extra = list(dict.fromkeys(key for row in rows for key in row if key not in COLUMNS))
+    frame = pd.DataFrame(rows, columns=COLUMNS + extra).sort_values(["model", "dataset", "pattern", "sparsity", "method"])
     with atomic_path(out) as staged:
         frame.to_csv(staged, index=False, float_format="%.6g")
     return frame

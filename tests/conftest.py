@@ -29,21 +29,27 @@ def write_corpus(path: Path, lines: int = 400, seed: int = 0) -> Path:
     return path
 
 
-def build_tiny_llama(folder: Path, corpus: Path, layers: int = 2, hidden: int = 64, seed: int = 0) -> Path:
-    """Save a small LLaMA checkpoint (random weights) and a byte-level BPE tokenizer trained on ``corpus``."""
+def train_tokenizer(corpus: Path):
+    """Train a byte-level BPE tokenizer of about 300 tokens on ``corpus``; ``<eos>`` is token 0."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     tokenizer = Tokenizer(models.BPE(unk_token=None))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tokenizer.train([str(corpus)], trainer)
-    wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<eos>")
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<eos>")
 
+
+def build_tiny_llama(folder: Path, corpus: Path, layers: int = 2, hidden: int = 64, seed: int = 0) -> Path:
+    """Save a small LLaMA checkpoint (random weights) and a byte-level BPE tokenizer trained on ``corpus``."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    wrapped = train_tokenizer(corpus)
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=tokenizer.get_vocab_size(),
+        vocab_size=wrapped.backend_tokenizer.get_vocab_size(),
         hidden_size=hidden,
         intermediate_size=hidden * 2 + 32,  # 160 columns for down_proj: not a multiple of the block size
         num_hidden_layers=layers,
@@ -80,6 +86,8 @@ def tiny_config(model: Path, corpus: Path, **overrides) -> dict:
         "patterns": ["unstructured"],
         "pruning": {"block_size": 32, "damping": 0.01, "threshold": 0.5, "propagation": "pruned"},
         "perplexity": {"datasets": [str(corpus)], "seqlen": 32, "max_chars": 20000, "max_windows": 8, "batch_size": 4},
+        # Zero-shot evaluation is off here; tests/test_zeroshot.py runs it on a few examples.
+        "zeroshot": {"tasks": []},
         "device": "cpu",
         "activation_dtype": "float32",
         "keep_hessians": True,

@@ -121,6 +121,7 @@ def test_dense_propagation_shares_hessians(tmp_path, tiny_model, corpus_file):
         ({"methods": ["dense", "sparsegtp"]}, "'sparsegtp' is not one of"),
         ({"sparsities": [1.5]}, "1.5 is greater than or equal to the maximum of 1"),
         ({"models": {"tiny": "/no/such/folder"}}, "model path '/no/such/folder' does not exist"),
+        ({"zeroshot": {"tasks": ["boolqq"]}}, "unknown zero-shot task(s) 'boolqq'; available tasks: boolq, piqa"),
     ],
 )
 def test_snakemake_rejects_bad_config_before_compute(tmp_path, tiny_model, corpus_file, change, message):

@@ -23,6 +23,35 @@ THREADS = config["threads"]
 DEVICE = config["device"]
 
 
+def check_resources():
+    """Refuse, before any job runs, a run whose activations, blocks and Hessians would not fit.
+
+    Needs the imported checkpoint's config.json and weight file; before the import job has run,
+    the same check runs again on the next invocation.
+    """
+    import json
+    from pathlib import Path
+
+    from rose import planning
+
+    dtype_bytes = 4 if config["activation_dtype"] in ("float32", "auto") else 2
+    pruned_runs = [run for run in RUNS if run.method != "dense"]
+    streams = 1 if PRUNING["propagation"] == "dense" else len(pruned_runs)
+    max_memory = config["max_memory_gb"] * planning.GIB if config["max_memory_gb"] else None
+    for model in config["models"]:
+        folder = Path(model_dir(model))
+        if not pruned_runs or not (folder / "config.json").is_file():
+            continue
+        model_config = json.loads((folder / "config.json").read_text())
+        model_bytes = (folder / "model.safetensors").stat().st_size
+        calibration = config["calibration"]
+        plan = planning.estimate_block_plan(model_config, model_bytes, calibration["nsamples"], calibration["seqlen"], dtype_bytes)
+        try:
+            planning.check_run_fits(plan, num_blocks(model), model_bytes, streams, config["keep_hessians"], RESULTS, max_memory)
+        except planning.ResourceError as error:
+            sys.exit(f"Insufficient resources for model {model}: {error}")
+
+
 wildcard_constraints:
     model="[A-Za-z0-9][A-Za-z0-9._-]*",
     calib="[^/]+",
@@ -102,3 +131,6 @@ def benchmark_file(rule_name, pattern):
 
 
 RUN_PATTERN = "{model}/{calib}/{method}/{target}"
+
+
+check_resources()

@@ -126,8 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     command = commands.add_parser("summary", help="collect results into summary.csv and the perplexity figure")
     command.add_argument(
-        "--rows", nargs="+", required=True, metavar="MODEL,METHOD,PATTERN,SPARSITY,CALIBRATION,PPL_JSON,SPARSITY_JSON[,ZEROSHOT_JSON]"
+        "--rows", nargs="+", required=True, metavar="MODEL,METHOD,TARGET,CALIBRATION,PPL_JSON,SPARSITY_JSON[,ZEROSHOT_JSON]",
+        help="one entry per (run, perplexity text); TARGET as in the results folders, e.g. unstructured-0.5 or 2of4-b64",
     )
+    command.add_argument("--block-size", type=int, default=128, help="the configured sweep block size, for runs that do not override it")
+    command.add_argument("--nsamples", type=int, default=32, help="calibration windows of the main grid; the figure draws only those")
     command.add_argument("--out-csv", type=Path, required=True)
     command.add_argument("--out-figure", type=Path, required=True)
     command.add_argument("--out-zeroshot-table", type=Path, default=None, help="Markdown table of the zero-shot accuracies")
@@ -189,17 +192,20 @@ def run(args: argparse.Namespace) -> None:
     elif args.command == "summary":
         from rose import summary
 
+        from rose.config import Run
+
         rows, zeroshot_rows = [], {}
         for item in args.rows:
-            model, method, pattern, sparsity, calibration, ppl, report, *zeroshot = item.split(",")
+            model, method, target, calibration, ppl, report, *zeroshot = item.split(",")
+            run = Run(method, target)
             zeroshot_file = Path(zeroshot[0]) if zeroshot else None
             rows.append(
-                summary.summary_row(model, method, pattern, float(sparsity), calibration, Path(ppl), Path(report), zeroshot_file)
+                summary.summary_row(model, run, calibration, args.block_size, Path(ppl), Path(report), zeroshot_file)
             )
             if zeroshot_file is not None:
-                zeroshot_rows[zeroshot_file] = (model, method, pattern, float(sparsity))
+                zeroshot_rows[zeroshot_file] = (model, method, run.pattern, run.sparsity)
         frame = summary.write_table(rows, args.out_csv)
-        summary.plot_perplexity_vs_sparsity(frame, args.out_figure)
+        summary.plot_perplexity_vs_sparsity(frame, args.out_figure, args.block_size, args.nsamples)
         if args.out_zeroshot_table is not None:
             from rose.io import read_json
             from rose.zeroshot import write_markdown_table

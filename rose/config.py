@@ -17,6 +17,7 @@ import yaml
 from rose.data import NAMED_SOURCES
 
 _NM = re.compile(r"^(\d+):(\d+)$")
+_TARGET = re.compile(r"^(dense|unstructured-[0-9.]+|[0-9]+of[0-9]+)(?:-b([0-9]+))?$")
 
 
 class ConfigError(ValueError):
@@ -25,28 +26,61 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Run:
-    """One pruned (or dense) model to produce: a method and a target such as ``unstructured-0.5`` or ``2of4``."""
+    """One pruned (or dense) model to produce: a method and a target.
+
+    Targets read ``dense``, ``unstructured-0.5`` or ``2of4``, with ``-b64`` appended when the run
+    overrides the sweep block size (block-size sensitivity sweeps).
+    """
 
     method: str
     target: str
 
     @property
+    def _parts(self) -> tuple[str, int | None]:
+        match = _TARGET.match(self.target)
+        if not match:
+            raise ValueError(f"invalid run target {self.target!r}: expected dense, unstructured-<p> or <N>of<M>, optionally -b<B>")
+        return match.group(1), int(match.group(2)) if match.group(2) else None
+
+    @property
     def pattern(self) -> str:
-        if self.target == "dense":
+        base = self._parts[0]
+        if base == "dense":
             return "dense"
-        if self.target.startswith("unstructured-"):
+        if base.startswith("unstructured-"):
             return "unstructured"
-        n, m = self.target.split("of")
+        n, m = base.split("of")
         return f"{n}:{m}"
 
     @property
     def sparsity(self) -> float:
-        if self.target == "dense":
+        base = self._parts[0]
+        if base == "dense":
             return 0.0
-        if self.target.startswith("unstructured-"):
-            return float(self.target.split("-", 1)[1])
-        n, m = self.target.split("of")
+        if base.startswith("unstructured-"):
+            return float(base.split("-", 1)[1])
+        n, m = base.split("of")
         return int(n) / int(m)
+
+    @property
+    def block_size(self) -> int | None:
+        """The block size this run overrides, or None for the configured ``pruning.block_size``."""
+        return self._parts[1]
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """One calibration setting; ``tag`` names its folder, e.g. ``c4-sample_n32_l512_seed0``."""
+
+    dataset: str
+    nsamples: int
+    seqlen: int
+    seed: int
+
+    @property
+    def tag(self) -> str:
+        dataset = re.sub(r"[^A-Za-z0-9.-]+", "-", Path(self.dataset).name).strip("-")
+        return f"{dataset}_n{self.nsamples}_l{self.seqlen}_seed{self.seed}"
 
 
 def load_schema() -> dict:
@@ -104,16 +138,21 @@ def validate(raw: dict, check_paths: bool = True) -> dict:
         raise ConfigError("\n".join(_describe(error, schema) for error in errors))
     _fill_defaults(config, schema)
 
+    if raw.get("seeds") is not None and "seed" in (raw.get("calibration") or {}):
+        raise ConfigError("calibration.seed and seeds are mutually exclusive: give one seed in calibration.seed or a list in seeds")
+    block_sizes = [config["pruning"]["block_size"], *config["sweeps"].get("block_size", [])]
     for pattern in config["patterns"]:
         match = _NM.match(pattern)
-        if match:
-            n, m = int(match.group(1)), int(match.group(2))
-            if not 0 < n < m:
-                raise ConfigError(f"invalid pattern {pattern!r} in 'patterns': an N:M pattern needs 0 < N < M, e.g. '2:4'")
-            if config["pruning"]["block_size"] % m:
+        if not match:
+            continue
+        n, m = int(match.group(1)), int(match.group(2))
+        if not 0 < n < m:
+            raise ConfigError(f"invalid pattern {pattern!r} in 'patterns': an N:M pattern needs 0 < N < M, e.g. '2:4'")
+        for block_size in block_sizes:
+            if block_size % m:
                 raise ConfigError(
-                    f"pruning.block_size {config['pruning']['block_size']} is not a multiple of M={m} "
-                    f"from pattern {pattern!r}; N:M groups must not straddle sweep blocks"
+                    f"block size {block_size} (pruning.block_size or sweeps.block_size) is not a multiple of "
+                    f"M={m} from pattern {pattern!r}; N:M groups must not straddle sweep blocks"
                 )
     pruning_methods = [m for m in config["methods"] if m != "dense"]
     if pruning_methods and "unstructured" in config["patterns"] and not config["sparsities"]:
@@ -164,27 +203,64 @@ def load(path: str | Path, check_paths: bool = True) -> dict:
     return validate(raw or {}, check_paths)
 
 
-def runs(config: dict) -> list[Run]:
-    """List every (method, target) pair the configuration requests, with ``dense`` once if listed."""
+def runs(config: dict, methods: list[str] | None = None, block_size: int | None = None) -> list[Run]:
+    """List every (method, target) pair the configuration requests, with ``dense`` once if listed.
+
+    ``methods`` restricts the list (sweeps), ``block_size`` marks every pruned target with a
+    block-size override.
+    """
+    suffix = f"-b{block_size}" if block_size is not None else ""
     result = []
-    for method in config["methods"]:
+    for method in methods if methods is not None else config["methods"]:
         if method == "dense":
             result.append(Run("dense", "dense"))
             continue
         for pattern in config["patterns"]:
             if pattern == "unstructured":
-                result.extend(Run(method, f"unstructured-{float(s)!r}") for s in config["sparsities"])
+                result.extend(Run(method, f"unstructured-{float(s)!r}{suffix}") for s in config["sparsities"])
             else:
                 n, m = pattern.split(":")
-                result.append(Run(method, f"{n}of{m}"))
+                result.append(Run(method, f"{n}of{m}{suffix}"))
     return result
 
 
-def calibration_tag(config: dict) -> str:
-    """Folder name of a calibration setting, e.g. ``c4-sample_n32_l512_seed0``."""
+def seeds(config: dict) -> list[int]:
+    """Calibration seeds: the ``seeds`` list, or ``calibration.seed`` alone."""
+    return list(config.get("seeds") or [config["calibration"]["seed"]])
+
+
+def main_calibrations(config: dict) -> list[Calibration]:
+    """The calibration settings of the main grid, one per seed."""
     calibration = config["calibration"]
-    dataset = re.sub(r"[^A-Za-z0-9.-]+", "-", Path(calibration["dataset"]).name).strip("-")
-    return f"{dataset}_n{calibration['nsamples']}_l{calibration['seqlen']}_seed{calibration['seed']}"
+    return [Calibration(calibration["dataset"], calibration["nsamples"], calibration["seqlen"], seed) for seed in seeds(config)]
+
+
+def experiments(config: dict) -> list[tuple[Calibration, Run]]:
+    """Every (calibration, run) pair to produce: the main grid for every seed, then the sweeps.
+
+    Sweeps vary one setting of the main grid for the sweep methods (SparseGPT and ROSE by
+    default): ``sweeps.nsamples`` the number of calibration windows, ``sweeps.block_size`` the
+    sweep block size. Duplicates of the main grid are listed once.
+    """
+    sweeps = config.get("sweeps") or {}
+    sweep_methods = [m for m in sweeps.get("methods", ["sparsegpt", "rose"]) if m != "dense"]
+    default_block = config["pruning"]["block_size"]
+    result: list[tuple[Calibration, Run]] = []
+    for calibration in main_calibrations(config):
+        result.extend((calibration, run) for run in runs(config))
+        for nsamples in sweeps.get("nsamples", []):
+            varied = Calibration(calibration.dataset, nsamples, calibration.seqlen, calibration.seed)
+            result.extend((varied, run) for run in runs(config, sweep_methods))
+        for block_size in sweeps.get("block_size", []):
+            override = None if block_size == default_block else block_size
+            result.extend((calibration, run) for run in runs(config, sweep_methods, override))
+    unique = list(dict.fromkeys(result))
+    return unique
+
+
+def calibration_tag(config: dict) -> str:
+    """Folder name of the main calibration setting (first seed), e.g. ``c4-sample_n32_l512_seed0``."""
+    return main_calibrations(config)[0].tag
 
 
 def dataset_tag(dataset: str) -> str:

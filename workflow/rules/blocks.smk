@@ -65,7 +65,7 @@ rule prune_block:
         device=DEVICE,
         pattern=lambda wildcards: Run(wildcards.method, wildcards.target).pattern,
         sparsity=lambda wildcards: Run(wildcards.method, wildcards.target).sparsity,
-        block_size=PRUNING["block_size"],
+        block_size=lambda wildcards: Run(wildcards.method, wildcards.target).block_size or PRUNING["block_size"],
         damping=PRUNING["damping"],
         threshold=PRUNING["threshold"],
     log:

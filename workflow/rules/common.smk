@@ -17,6 +17,9 @@ RESULTS = "results"
 # Used by --sdm conda; a plain run uses the current environment.
 CONDA_ENV = "../../envs/rose.yaml"
 RUNS = rose_config.runs(config)
+# (calibration, run) pairs of the main grid for every seed, then of the sensitivity sweeps.
+EXPERIMENTS = rose_config.experiments(config)
+CALIBRATIONS = {calibration.tag: calibration for calibration, _ in EXPERIMENTS}
 CALIBRATION = rose_config.calibration_tag(config)
 PRUNING = config["pruning"]
 THREADS = config["threads"]
@@ -35,8 +38,8 @@ def check_resources():
     from rose import planning
 
     dtype_bytes = 4 if config["activation_dtype"] in ("float32", "auto") else 2
-    pruned_runs = [run for run in RUNS if run.method != "dense"]
-    streams = 1 if PRUNING["propagation"] == "dense" else len(pruned_runs)
+    pruned_runs = [run for _, run in EXPERIMENTS if run.method != "dense"]
+    streams = len(CALIBRATIONS) if PRUNING["propagation"] == "dense" else len(pruned_runs)
     max_memory = config["max_memory_gb"] * planning.GIB if config["max_memory_gb"] else None
     for model in config["models"]:
         folder = Path(model_dir(model))
@@ -56,7 +59,7 @@ wildcard_constraints:
     model="[A-Za-z0-9][A-Za-z0-9._-]*",
     calib="[^/]+",
     method="[a-z_]+",
-    target="dense|unstructured-[0-9.]+|[0-9]+of[0-9]+",
+    target="(dense|unstructured-[0-9.]+|[0-9]+of[0-9]+)(-b[0-9]+)?",
     block="[0-9]{3}",
     dataset="[^/]+",
 
@@ -81,15 +84,15 @@ def num_blocks(model):
 
 
 def calibration_settings(calib):
-    """Parse a calibration tag such as c4-sample_n32_l512_seed0 back into its settings."""
-    match = re.fullmatch(r"(.+)_n(\d+)_l(\d+)_seed(\d+)", calib)
-    if not match or calib != CALIBRATION:
-        raise ValueError(f"unknown calibration setting {calib!r}; this config defines {CALIBRATION!r}")
+    """Settings of a calibration tag such as c4-sample_n32_l512_seed0, as the rules need them."""
+    if calib not in CALIBRATIONS:
+        raise ValueError(f"unknown calibration setting {calib!r}; this config defines {', '.join(CALIBRATIONS)}")
+    calibration = CALIBRATIONS[calib]
     return {
-        "dataset": config["calibration"]["dataset"],
-        "nsamples": int(match.group(2)),
-        "seqlen": int(match.group(3)),
-        "seed": int(match.group(4)),
+        "dataset": calibration.dataset,
+        "nsamples": calibration.nsamples,
+        "seqlen": calibration.seqlen,
+        "seed": calibration.seed,
     }
 
 

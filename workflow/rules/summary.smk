@@ -3,39 +3,55 @@
 
 
 def _summary_rows():
+    """(model, calibration tag, run, checkpoint, perplexity file) for every experiment and text."""
     rows = []
     for model in config["models"]:
-        for run in RUNS:
-            checkpoint_path = checkpoint_dir(model, run.method, run.target)
+        for calibration, run in EXPERIMENTS:
+            checkpoint_path = checkpoint_dir(model, run.method, run.target, calibration.tag)
             for tag in PERPLEXITY_DATASETS:
-                perplexity = f"{RESULTS}/{model}/{CALIBRATION}/{run.method}/{run.target}/perplexity/{tag}.json"
-                rows.append((model, run, checkpoint_path, perplexity))
+                perplexity = f"{RESULTS}/{model}/{calibration.tag}/{run.method}/{run.target}/perplexity/{tag}.json"
+                rows.append((model, calibration.tag, run, checkpoint_path, perplexity))
     return rows
+
+
+def _main_grid(calib, run):
+    """Whether an experiment belongs to the main grid (zero-shot runs there only), not to a sweep."""
+    main_tags = {calibration.tag for calibration in rose_config.main_calibrations(config)}
+    return calib in main_tags and run.block_size is None
 
 
 ZEROSHOT_TABLE = f"{RESULTS}/tables/zeroshot.md"
 
 
-def _zeroshot_field(model, run):
-    """The optional eighth field of a summary row: the run's zero-shot record."""
-    return f",{zeroshot_file(model, run.method, run.target)}" if ZEROSHOT_TASKS else ""
+def _zeroshot_field(model, calib, run):
+    """The optional last field of a summary row: the run's zero-shot record."""
+    if ZEROSHOT_TASKS and _main_grid(calib, run):
+        return f",{zeroshot_file(model, run.method, run.target, calib)}"
+    return ""
 
 
 rule summary:
     input:
-        perplexity=[row[3] for row in _summary_rows()],
-        checkpoints=sorted({row[2] for row in _summary_rows()}),
-        zeroshot=[zeroshot_file(model, run.method, run.target) for model in config["models"] for run in RUNS] if ZEROSHOT_TASKS else [],
+        perplexity=[row[4] for row in _summary_rows()],
+        checkpoints=sorted({row[3] for row in _summary_rows()}),
+        zeroshot=[
+            zeroshot_file(model, run.method, run.target, calibration.tag)
+            for model in config["models"]
+            for calibration, run in EXPERIMENTS
+            if ZEROSHOT_TASKS and _main_grid(calibration.tag, run)
+        ],
     output:
         table=f"{RESULTS}/summary.csv",
         figure=f"{RESULTS}/figures/perplexity_vs_sparsity.png",
         **({"zeroshot_table": ZEROSHOT_TABLE} if ZEROSHOT_TASKS else {}),
     params:
         rows=" ".join(
-            f"{model},{run.method},{run.pattern},{run.sparsity},{CALIBRATION},{perplexity},{checkpoint}/sparsity.json"
-            + _zeroshot_field(model, run)
-            for model, run, checkpoint, perplexity in _summary_rows()
+            f"{model},{run.method},{run.target},{calib},{perplexity},{checkpoint}/sparsity.json"
+            + _zeroshot_field(model, calib, run)
+            for model, calib, run, checkpoint, perplexity in _summary_rows()
         ),
+        block_size=PRUNING["block_size"],
+        nsamples=config["calibration"]["nsamples"],
         zeroshot_table=f"--out-zeroshot-table {ZEROSHOT_TABLE}" if ZEROSHOT_TASKS else "",
     log:
         log_file("summary", "summary"),
@@ -50,5 +66,6 @@ rule summary:
     message:
         "Writing {output.table} and {output.figure}"
     shell:
-        "rose summary --rows {params.rows} --out-csv {output.table:q} --out-figure {output.figure:q} {params.zeroshot_table}"
+        "rose summary --rows {params.rows} --block-size {params.block_size} --nsamples {params.nsamples}"
+        " --out-csv {output.table:q} --out-figure {output.figure:q} {params.zeroshot_table}"
         " > {log:q} 2>&1"

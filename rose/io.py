@@ -107,6 +107,28 @@ def load_tensors(
     return {name: t.to(device) for name, t in tensors.items()}, header
 
 
+def file_digest(path: str | os.PathLike) -> str:
+    """sha256 identifying a file's content, for provenance records.
+
+    For a tensor file written by `save_tensors` it is computed from the per-tensor checksums in
+    the header, so no tensor data is read; for any other file, from its bytes.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as handle:
+                checksums = json.loads((handle.metadata() or {}).get(METADATA_KEY, "{}")).get("sha256")
+        except (SafetensorError, OSError, ValueError):
+            checksums = None
+        if checksums:
+            return hashlib.sha256(json.dumps(checksums, sort_keys=True).encode()).hexdigest()
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def save_object(path: str | os.PathLike, value: object) -> None:
     """torch.save through a temporary file; for small records of tensors and plain values."""
     with atomic_path(path) as staged:

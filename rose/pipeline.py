@@ -21,7 +21,7 @@ from rose import blocks as blk
 from rose import planning
 from rose.data import calibration_text, eval_text, load_corpus, sample_windows, text_sha256, tokenize_stream
 from rose.evaluate import perplexity
-from rose.io import atomic_path, load_object, load_tensors, read_json, save_object, save_tensors, write_json
+from rose.io import atomic_path, file_digest, load_object, load_tensors, read_json, save_object, save_tensors, write_json
 from rose.models import WEIGHTS_FILE
 from rose.prune import PruneStats, prune_matrix
 
@@ -64,14 +64,17 @@ def resolve_activation_dtype(name: str, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
-def provenance(**fields) -> dict:
-    """Build the provenance record of an output: the caller's settings plus the software versions."""
+def provenance(inputs: dict[str, Path | None] | None = None, **fields) -> dict:
+    """Build the provenance record of an output: the caller's settings, the sha256 of each input
+    file (``inputs`` maps a role to a path; None entries are skipped) and the software versions."""
     from importlib.metadata import version
 
     from rose import __version__
 
+    digests = {role: {"path": str(path), "sha256": file_digest(path)} for role, path in (inputs or {}).items() if path}
     return {
         **fields,
+        "inputs": digests,
         "versions": {"rose": __version__, "torch": torch.__version__, "transformers": version("transformers")},
         "python": platform.python_version(),
     }
@@ -132,7 +135,7 @@ def capture(model_dir: Path, calibration: Path, out_inputs: Path, out_kwargs: Pa
     inputs, kwargs = blk.capture_block_inputs(model_dir, tokens, torch_device, storage)
     check_finite(inputs, "block 0 inputs")
     save_object(out_kwargs, kwargs)
-    save_tensors(out_inputs, {HIDDEN: inputs}, provenance(block=0, calibration=str(calibration)))
+    save_tensors(out_inputs, {HIDDEN: inputs}, provenance({"calibration": calibration}, block=0))
 
 
 # Stage 4: Hessians of one block.
@@ -168,7 +171,8 @@ def hessians(
     else:
         inputs = propagate_tensors(model_dir, index - 1, previous_weights, source_inputs, kwargs, torch_device)
         if out_inputs is not None:
-            save_tensors(out_inputs, {HIDDEN: inputs}, provenance(block=index, weights=str(previous_weights or "dense")))
+            record = provenance({"previous_inputs": source_inputs, "previous_weights": previous_weights}, block=index)
+            save_tensors(out_inputs, {HIDDEN: inputs}, record)
     block, prefix = blk.load_block(model_dir, index, device=torch_device, with_prefix=True)
     statistics = blk.accumulate_hessians(block, inputs, kwargs, torch_device)
     tensors, groups = {}, {}
@@ -179,8 +183,9 @@ def hessians(
         groups[leader] = stats.sublayers
     transposed = {name: blk.is_transposed(module) for name, module in blk.sublayers(block).items()}
     record = provenance(
+        {"source_inputs": source_inputs, "previous_weights": previous_weights},
         block=index, prefix=prefix, groups=groups, transposed=transposed, nsamples=inputs.shape[0],
-        inputs=str(source_inputs), previous_weights=str(previous_weights or "dense"),
+        propagated_with="dense weights" if previous_weights is None else "pruned weights",
     )
     save_tensors(out, tensors, record)
 
@@ -271,7 +276,7 @@ def prune(model_dir: Path, index: int, hessian_file: Path, settings: PruneSettin
     for name, matrix in pruned.items():
         state[key[name]] = (matrix.t() if transposed[name] else matrix).contiguous().to(state[key[name]].dtype)
     seconds = time.perf_counter() - started
-    record = provenance(block=index, settings=asdict(settings), hessians=str(hessian_file), seconds=seconds)
+    record = provenance({"hessians": hessian_file}, block=index, settings=asdict(settings), seconds=seconds)
     save_tensors(out_weights, state, record)
     write_json(out_stats, {**record, "sublayers": records})
 
@@ -294,7 +299,7 @@ def propagate_tensors(
 def propagate(model_dir: Path, index: int, weights_file: Path | None, inputs_file: Path, kwargs_file: Path, out: Path, device: str) -> None:
     """Write the outputs of block ``index``, which are the inputs of block ``index + 1``."""
     outputs = propagate_tensors(model_dir, index, weights_file, inputs_file, load_object(kwargs_file), resolve_device(device))
-    save_tensors(out, {HIDDEN: outputs}, provenance(block=index + 1, weights=str(weights_file or "dense")))
+    save_tensors(out, {HIDDEN: outputs}, provenance({"inputs": inputs_file, "weights": weights_file}, block=index + 1))
 
 
 # Stage 7: checkpoint assembly.
@@ -322,6 +327,7 @@ def assemble(model_dir: Path, weight_files: list[Path], stats_files: list[Path],
     report = _sparsity_report(state, sublayer_names)
     report["pruned_blocks"] = len(weight_files)
     report["pruning_seconds"] = sum(read_json(path)["seconds"] for path in stats_files)
+    report["provenance"] = provenance({f"block_{index:03d}": path for index, path in enumerate(weight_files)})
 
     with atomic_path(out_dir) as staged:
         staged.mkdir()
@@ -380,6 +386,7 @@ def evaluate_perplexity(
     stream = tokenize_stream(tokenizer, text)
     model = AutoModelForCausalLM.from_pretrained(str(checkpoint), dtype=torch.float32).to(torch_device)
     result = perplexity(model, stream, seqlen, max_windows, batch_size, torch_device)
+    # The checkpoint is not hashed here: its sparsity.json records the digests of the pruned blocks.
     record = provenance(
         checkpoint=str(checkpoint),
         dataset=dataset,

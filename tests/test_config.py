@@ -44,6 +44,17 @@ BAD_CONFIGS = [
     (with_change("device", "gpu"), r"device.*'gpu' does not match"),
     (with_change("methods", []), r"methods.*should be non-empty"),
     (with_change("perplexity.datasets", ["wikitext3"]), r"perplexity\.datasets: 'wikitext3'"),
+    ({**with_change("calibration.seed", 1), "seeds": [0, 1]}, r"calibration\.seed and seeds are mutually exclusive"),
+    ({**with_change("patterns", ["2:4"]), "pruning": {"block_size": 30}}, r"block size 30 .* not a multiple of M=4"),
+    ({**with_change("patterns", ["4:8"]), "sweeps": {"block_size": [12]}}, r"block size 12 .* not a multiple of M=8"),
+    (with_change("activation_dtype", "fp8"), r"activation_dtype.*'fp8' is not one of"),
+    (with_change("threads", 0), r"threads.*0 is less than the minimum of 1"),
+    (with_change("perplexity.max_chars", 0), r"perplexity\.max_chars.*0 is less than the minimum of 1"),
+    (with_change("calibration.seed", -1), r"calibration\.seed.*-1 is less than the minimum of 0"),
+    (with_change("keep_hessians", "yes"), r"keep_hessians.*'yes' is not of type 'boolean'"),
+    (with_change("models", {}), r"models.*should be non-empty|does not have enough properties"),
+    (with_change("models", {"a/b": "x"}), r"models.*'a/b' does not match"),
+    (with_change("max_memory_gb", 0), r"max_memory_gb.*0 is less than or equal to the minimum of 0"),
 ]
 
 

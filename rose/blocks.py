@@ -4,6 +4,7 @@ accumulate the Hessians of their linear sublayers."""
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,36 +13,26 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from rose.adapters import find_blocks
 from rose.models import WEIGHTS_FILE
 
 log = logging.getLogger(__name__)
 
-# Where common families keep their decoder blocks.
-KNOWN_BLOCK_LISTS = ("model.layers", "model.decoder.layers", "transformer.h", "gpt_neox.layers")
 # Keyword arguments that belong to generation caches, which one-shot pruning never uses.
-_CACHE_KWARGS = ("past_key_values", "past_key_value", "layer_past")
+_CACHE_KWARGS = ("cache", "past_key_values", "past_key_value", "layer_past")
+# Key of the captured arguments of a model whose blocks differ by layer type (sliding-window
+# and full attention get different masks): it maps each layer type to that type's arguments.
+PER_LAYER_TYPE = "per_layer_type"
+# Attribute set by `load_block` on a block of such a model: its entry of ``config.layer_types``.
+LAYER_TYPE_ATTRIBUTE = "rose_layer_type"
 
 
 class _StopForward(Exception):
-    """Raised by the capture hook once block 0's inputs are recorded."""
-
-
-def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """Return the dotted name and the list of the model's decoder blocks."""
-    modules = dict(model.named_modules())
-    for name in KNOWN_BLOCK_LISTS:
-        if isinstance(modules.get(name), nn.ModuleList):
-            return name, modules[name]
-    lists = [(name, m) for name, m in modules.items() if isinstance(m, nn.ModuleList) and len(m) > 0]
-    if not lists:
-        raise ValueError(f"no list of decoder blocks found in {type(model).__name__}")
-    name, blocks = max(lists, key=lambda item: sum(p.numel() for p in item[1].parameters()))
-    log.warning("%s: no known block list; using the largest module list %r", type(model).__name__, name)
-    return name, blocks
+    """Raised by the capture hook once the blocks' inputs are recorded."""
 
 
 def is_sublayer(module: nn.Module) -> bool:
-    """A linear map with a 2-D weight: ``nn.Linear`` or GPT-2's ``Conv1D`` (transposed weight)."""
+    """Tell whether ``module`` is a linear map with a 2-D weight: ``nn.Linear`` or GPT-2's ``Conv1D``."""
     return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
 
 
@@ -96,77 +87,179 @@ def load_block(
         with safe_open(str(Path(checkpoint_dir) / WEIGHTS_FILE), framework="pt") as handle:
             state = {key: handle.get_tensor(key) for key in handle.keys() if key.startswith(key_prefix)}
     local = {key[len(key_prefix) :]: value for key, value in state.items() if key.startswith(key_prefix)}
-    persistent = set(block.state_dict())
-    transient = [name for name, _ in block.named_buffers() if name not in persistent]
-    if transient:
-        raise NotImplementedError(
-            f"block {index} has buffers that are not stored in checkpoints ({', '.join(transient)}); "
-            "loading such blocks one by one is not supported"
-        )
     block.to_empty(device=device)
+    _initialise_transient_buffers(model, block, index)
     block.load_state_dict(local, strict=True)
+    layer_types = getattr(model.config, "layer_types", None)
+    if isinstance(layer_types, (list, tuple)):
+        setattr(block, LAYER_TYPE_ATTRIBUTE, layer_types[index])
     block.eval()
     return (block, prefix) if with_prefix else block
 
 
-def _truncated_model(checkpoint_dir: str | Path, device: str | torch.device) -> nn.Module:
-    """The model with one decoder block: embeddings and position handling, without the cost of the rest."""
+def _initialise_transient_buffers(model: nn.Module, block: nn.Module, index: int) -> None:
+    """Compute the block's buffers that checkpoints do not store, as transformers does after loading.
+
+    GPT-Neo's and GPT-1's causal masks are such buffers. The model's ``_init_weights`` fills them
+    for each module that owns one. It also draws random weights for that module, which the
+    caller then overwrites with the checkpoint's.
+    """
+    transient = {
+        f"{path}.{name}".lstrip("."): (module, name)
+        for path, module in block.named_modules()
+        for name in module._non_persistent_buffers_set
+        if module._buffers.get(name) is not None
+    }
+    if not transient:
+        return
+    init_weights = getattr(model, "_init_weights", None)
+    if init_weights is None:
+        raise NotImplementedError(
+            f"block {index} has buffers that are not stored in checkpoints ({', '.join(transient)}) and "
+            f"{type(model).__name__} has no _init_weights to compute them; loading its blocks one by one is not supported"
+        )
+    # NaN marks the floating-point buffers, so that one _init_weights leaves alone is detected.
+    # NOTE: integer and boolean buffers cannot be marked, so one left uninitialised goes unnoticed.
+    for module, name in transient.values():
+        if module._buffers[name].is_floating_point():
+            module._buffers[name].fill_(float("nan"))
+    owners = {id(module): module for module, _ in transient.values()}
+    with torch.no_grad():
+        for module in owners.values():
+            init_weights(module)
+    missed = [
+        path
+        for path, (module, name) in transient.items()
+        if module._buffers[name].is_floating_point() and bool(torch.isnan(module._buffers[name]).any())
+    ]
+    if missed:
+        raise NotImplementedError(
+            f"block {index} has buffers that are not stored in checkpoints and that {type(model).__name__}._init_weights "
+            f"does not compute ({', '.join(missed)}); loading its blocks one by one is not supported"
+        )
+
+
+def _distinct_layer_types(config) -> list[str]:
+    """Return the entries of ``config.layer_types`` in order of first appearance; empty where it has none."""
+    layer_types = getattr(config, "layer_types", None)
+    return list(dict.fromkeys(layer_types)) if isinstance(layer_types, (list, tuple)) else []
+
+
+def _truncated_model(checkpoint_dir: str | Path, device: str | torch.device, layer_types: list[str]) -> nn.Module:
+    """Load the model with one block per entry of ``layer_types`` (one block when it is empty).
+
+    That keeps the embeddings and the position and mask handling of the whole model without the
+    cost of all its blocks.
+    """
     from transformers import AutoModelForCausalLM
 
     config = copy.deepcopy(load_config(checkpoint_dir))
     for key in ("num_hidden_layers", "n_layer", "num_layers"):
         if hasattr(config, key):
-            setattr(config, key, 1)
-    if isinstance(getattr(config, "layer_types", None), list):
-        config.layer_types = config.layer_types[:1]
+            setattr(config, key, max(1, len(layer_types)))
+    if layer_types:
+        config.layer_types = list(layer_types)
     model = AutoModelForCausalLM.from_pretrained(str(checkpoint_dir), config=config, dtype=torch.float32)
     return model.to(device).eval()
+
+
+def _name_arguments(module: nn.Module, args: tuple, kwargs: dict) -> tuple[object, dict]:
+    """Split a block call into its hidden states (the first parameter) and every other argument by name.
+
+    Some families pass arguments by position (GPT-2 passes its attention mask third), so positional
+    arguments are named after the parameters of the block's ``forward`` they bind to.
+    """
+    signature = inspect.signature(module.forward)
+    bound = signature.bind(*args, **kwargs)
+    named = {}
+    for name, value in bound.arguments.items():
+        kind = signature.parameters[name].kind
+        if kind is inspect.Parameter.VAR_KEYWORD:
+            named.update(value)
+        elif kind is inspect.Parameter.VAR_POSITIONAL:
+            if value:
+                raise NotImplementedError(
+                    f"{type(module).__name__} received {len(value)} positional arguments beyond its named "
+                    "parameters; such calls cannot be replayed by name"
+                )
+        else:
+            named[name] = value
+    hidden = named.pop(next(iter(signature.parameters)))
+    return hidden, named
 
 
 def capture_block_inputs(
     checkpoint_dir: str | Path, tokens: torch.Tensor, device: str | torch.device, storage_dtype: torch.dtype
 ) -> tuple[torch.Tensor, dict]:
-    """Run the model up to block 0 on every window and record what block 0 receives.
+    """Run the model up to block 0 on every window and record what its blocks receive.
 
     Returns the hidden states (nsamples × seqlen × hidden, in ``storage_dtype``) and the keyword
     arguments the model passes to its blocks (masks, position ids, rotary embeddings), taken from
     a real forward pass. Every window has the same length, so those arguments are the same for
     all of them; that is checked rather than assumed.
+
+    Where ``config.layer_types`` mixes types (sliding-window and full attention) and the arguments
+    differ between them, the result maps `PER_LAYER_TYPE` to the arguments of each type, which
+    `run_block` and `accumulate_hessians` pick by the block's layer type.
     """
-    model = _truncated_model(checkpoint_dir, device)
+    layer_types = _distinct_layer_types(load_config(checkpoint_dir))
+    model = _truncated_model(checkpoint_dir, device, layer_types)
     _, blocks = find_blocks(model)
+    # One block of each layer type; their arguments are recorded and the forward pass stops at the last.
+    hooked = list(blocks[: max(1, len(layer_types))])
     captured: list[tuple[torch.Tensor, dict]] = []
 
     def hook(module, args, kwargs):
-        hidden = args[0] if args else kwargs.pop("hidden_states")
-        rest = {key: value for key, value in kwargs.items() if key not in _CACHE_KWARGS}
+        hidden, named = _name_arguments(module, args, kwargs)
+        rest = {key: value for key, value in named.items() if key not in _CACHE_KWARGS}
         if "use_cache" in rest:
             rest["use_cache"] = False
         captured.append((hidden.detach(), rest))
-        raise _StopForward
+        if module is hooked[-1]:
+            raise _StopForward
 
-    handle = blocks[0].register_forward_pre_hook(hook, with_kwargs=True)
+    handles = [block.register_forward_pre_hook(hook, with_kwargs=True) for block in hooked]
     inputs = torch.empty(tokens.shape[0], tokens.shape[1], model.config.hidden_size, dtype=storage_dtype)
-    reference: dict | None = None
+    reference: list[dict] | None = None
     try:
         with torch.no_grad():
             for i in tqdm(range(tokens.shape[0]), desc="capture block 0 inputs", mininterval=5):
+                captured.clear()
                 try:
                     model(tokens[i : i + 1].to(device), use_cache=False)
                 except _StopForward:
                     pass
-                hidden, kwargs = captured.pop()
-                inputs[i] = hidden[0].to("cpu", storage_dtype)
+                inputs[i] = captured[0][0][0].to("cpu", storage_dtype)
+                arguments = [kwargs for _, kwargs in captured]
                 if reference is None:
-                    reference = kwargs
-                elif not _same_kwargs(reference, kwargs):
+                    reference = arguments
+                elif not _same_kwargs(reference, arguments):
                     raise RuntimeError(
                         f"window {i} received different block arguments than window 0; "
                         "per-window masks are not supported"
                     )
     finally:
-        handle.remove()
-    return inputs, _to_device(reference or {}, "cpu")
+        for handle in handles:
+            handle.remove()
+    if reference is None:
+        return inputs, {}
+    if all(_same_kwargs(reference[0], other) for other in reference[1:]):
+        return inputs, _to_device(reference[0], "cpu")
+    return inputs, {PER_LAYER_TYPE: _to_device(dict(zip(layer_types, reference)), "cpu")}
+
+
+def block_arguments(block: nn.Module, kwargs: dict) -> dict:
+    """Return the captured arguments for ``block``: those of its layer type where they differ by type."""
+    if PER_LAYER_TYPE not in kwargs:
+        return kwargs
+    by_type = kwargs[PER_LAYER_TYPE]
+    layer_type = getattr(block, LAYER_TYPE_ATTRIBUTE, None)
+    if layer_type not in by_type:
+        raise ValueError(
+            f"the captured block arguments differ by layer type ({', '.join(by_type)}), but the block's "
+            f"layer type is {layer_type!r}; load blocks with rose.blocks.load_block, which records it"
+        )
+    return by_type[layer_type]
 
 
 def _same_kwargs(a: object, b: object) -> bool:
@@ -198,7 +291,7 @@ def run_block(
     desc: str = "run block",
 ) -> torch.Tensor:
     """Run ``block`` window by window with the captured keyword arguments."""
-    kwargs = _to_device(kwargs, device)
+    kwargs = _to_device(block_arguments(block, kwargs), device)
     dtype = next(block.parameters()).dtype
     outputs = torch.empty(inputs.shape, dtype=out_dtype or inputs.dtype)
     with torch.no_grad():
@@ -251,7 +344,7 @@ def accumulate_hessians(
 
     handles = [module.register_forward_hook(make_hook(name)) for name, module in modules.items()]
     try:
-        kwargs = _to_device(kwargs, device)
+        kwargs = _to_device(block_arguments(block, kwargs), device)
         dtype = next(block.parameters()).dtype
         with torch.no_grad():
             for i in tqdm(range(inputs.shape[0]), desc="accumulate Hessians", mininterval=5):

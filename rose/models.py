@@ -33,7 +33,7 @@ class ModelSpecError(ValueError):
 
 @dataclass(frozen=True)
 class ModelSource:
-    """Where a model comes from: ``kind`` is ``gguf``, ``folder`` or ``hub``."""
+    """Model source: ``kind`` is ``gguf``, ``folder`` or ``hub``."""
 
     kind: str
     location: str

@@ -30,7 +30,7 @@ def write_corpus(path: Path, lines: int = 400, seed: int = 0) -> Path:
 
 
 def train_tokenizer(corpus: Path):
-    """Train a byte-level BPE tokenizer of about 300 tokens on ``corpus``; ``<eos>`` is token 0."""
+    """Train a byte-level BPE tokenizer of about 300 tokens on ``corpus``, with ``<eos>`` as token 0."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 

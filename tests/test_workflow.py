@@ -86,7 +86,10 @@ def test_block_statistics_recorded(finished_run):
 def test_every_rule_logs_and_benchmarks(finished_run):
     logs = {path.parts[0] for path in (finished_run / "results" / "logs").rglob("*.log") for path in [path.relative_to(finished_run / "results" / "logs")]}
     benchmarks = {path.relative_to(finished_run / "results" / "benchmarks").parts[0] for path in (finished_run / "results" / "benchmarks").rglob("*.tsv")}
-    expected = {"import_model", "calibrate", "capture_block_inputs", "hessian", "prune_block", "assemble_checkpoint", "perplexity", "summary"}
+    expected = {
+        "import_model", "calibrate", "capture_block_inputs", "hessian", "prune_block", "assemble_checkpoint", "perplexity", "summary",
+        "figure_error_curve", "figure_columnar", "figure_reordering", "figure_layer_error", "figure_stage_costs", "tables",
+    }
     assert logs == expected
     assert benchmarks == expected
 
@@ -133,14 +136,17 @@ def test_snakemake_rejects_bad_config_before_compute(tmp_path, tiny_model, corpu
     assert not (tmp_path / "resources").exists()
 
 
-def _interrupt_during_block(workdir: Path, block_done: int, sig: int) -> None:
-    """Start the workflow and send ``sig`` once block ``block_done`` is pruned."""
+def _interrupt_during_block(workdir: Path, block: int, sig: int) -> None:
+    """Start the workflow and send ``sig`` once the hessian job of ``block`` has started.
+
+    That job starts only after Snakemake has recorded the previous block's pruning as finished.
+    """
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     command = [
         sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
         "--configfile", str(workdir / "config.yaml"), "--cores", "1",
     ]
-    marker = workdir / "results" / "tiny" / CALIBRATION / "sparsegpt" / "unstructured-0.5" / "pruned" / f"block_{block_done:03d}.json"
+    marker = workdir / "results" / "logs" / "hessian" / "tiny" / CALIBRATION / "sparsegpt" / "unstructured-0.5" / f"block_{block:03d}.log"
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
     deadline = time.monotonic() + 300
     while not marker.exists():
@@ -156,13 +162,15 @@ def test_interrupted_run_resumes_without_recomputing(tmp_path_factory, corpus_fi
     model = build_tiny_llama(tmp_path_factory.mktemp("deep") / "tiny-llama", corpus_file, layers=4)
     config = tiny_config(model, corpus_file, methods=["sparsegpt"])
     workdir = write_config(tmp_path_factory.mktemp("resume"), config)
-    _interrupt_during_block(workdir, 1, sig)
+    _interrupt_during_block(workdir, 2, sig)
 
     run = workdir / "results" / "tiny" / CALIBRATION / "sparsegpt" / "unstructured-0.5"
     finished = [run / "pruned" / f"block_{b:03d}.{suffix}" for b in (0, 1) for suffix in ("json", "safetensors")]
     finished += [run / "hessians" / f"block_{b:03d}.safetensors" for b in (0, 1)]
     before = {path: path.stat().st_mtime_ns for path in finished}
 
+    if sig == signal.SIGKILL:
+        snakemake(workdir, "--unlock")  # a killed Snakemake cannot remove its lock
     snakemake(workdir, "--rerun-incomplete")
     assert {path: path.stat().st_mtime_ns for path in finished} == before
     assert (run / "pruned" / "block_003.json").exists()

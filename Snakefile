@@ -7,6 +7,9 @@ if not config.get("models"):
 
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/model.smk"
 include: "workflow/rules/calibration.smk"
@@ -15,9 +18,11 @@ include: "workflow/rules/checkpoint.smk"
 include: "workflow/rules/evaluation.smk"
 include: "workflow/rules/zeroshot.smk"
 include: "workflow/rules/summary.smk"
+include: "workflow/rules/figures.smk"
 
 
 rule all:
     input:
         rules.summary.output,
+        rules.figures.input,
     default_target: True

@@ -34,6 +34,8 @@ SHAPES = [
     ("gate_proj, up_proj", 1536, 576),
     ("down_proj", 576, 1536),
 ]
+# How many sublayers of one SmolLM2 block have each shape, for the whole-block total.
+SUBLAYERS_PER_BLOCK = {"q_proj, o_proj": 2, "k_proj, v_proj": 2, "gate_proj, up_proj": 2, "down_proj": 1}
 PATTERNS = [("unstructured", 0.5), ("2:4", None)]
 METHODS = ("sparsegpt", "rose")
 
@@ -101,6 +103,7 @@ def main() -> None:
     header = f"{'sublayers':<20} {'shape':>10} {'pattern':<12} {'method':<10} {'seconds':>8} {'rose/sparsegpt':>14} {'reordered':>9}"
     print(header)
     print("-" * len(header))
+    block_seconds: dict[tuple[str, str], float] = {}
     for sublayers, rows, cols in SHAPES:
         weight = 0.02 * torch.randn(rows, cols, generator=generator)
         hessian, act_sq_norm = statistics_by_cols[cols]
@@ -110,6 +113,8 @@ def main() -> None:
                 seconds, reordered = median_seconds(
                     args.repeats, weight, hessian, act_sq_norm, method, sparsity, pattern=pattern, name=sublayers
                 )
+                key = (pattern, method)
+                block_seconds[key] = block_seconds.get(key, 0.0) + SUBLAYERS_PER_BLOCK[sublayers] * seconds
                 if method == "sparsegpt":
                     sparsegpt_seconds = seconds
                     ratio = ""
@@ -120,6 +125,13 @@ def main() -> None:
                     f"{sublayers:<20} {shape:>10} {pattern:<12} {method:<10} {seconds:>8.3f} {ratio:>14} "
                     f"{'yes' if reordered else 'no':>9}"
                 )
+    print("-" * len(header))
+    for pattern, _ in PATTERNS:
+        total = block_seconds[(pattern, "sparsegpt")]
+        for method in METHODS:
+            seconds = block_seconds[(pattern, method)]
+            ratio = "" if method == "sparsegpt" else f"{seconds / total:.2f}"
+            print(f"{'whole block (7)':<20} {'':>10} {pattern:<12} {method:<10} {seconds:>8.3f} {ratio:>14} {'':>9}")
 
 
 if __name__ == "__main__":

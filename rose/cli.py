@@ -135,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     command.add_argument("--out-figure", type=Path, required=True)
     command.add_argument("--out-zeroshot-table", type=Path, default=None, help="Markdown table of the zero-shot accuracies")
 
+    _add_figure_commands(commands)
+
     command = commands.add_parser("prune", help="prune a whole model in one process, without Snakemake")
     command.add_argument("--model", required=True, help="hub id, local folder or .gguf file, or package:<pkg>/<file>.gguf")
     command.add_argument("--out", type=Path, required=True, help="folder for the pruned checkpoint")
@@ -150,7 +152,132 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_figure_commands(commands) -> None:
+    """``rose figures <figure>`` (one per figure) and ``rose tables``; each writes a PNG or table and its CSV."""
+    stats_help = "CALIBRATION,METHOD,TARGET,PATH of a prune_block statistics file, e.g. c4_n128_l2048_seed0,rose,unstructured-0.7,.../block_000.json"
+    figures = commands.add_parser("figures", help="draw one of the paper's figures").add_subparsers(dest="figure", required=True)
+
+    def figure(name: str, help_text: str, stats: bool = True) -> argparse.ArgumentParser:
+        parser = figures.add_parser(name, help=help_text)
+        if stats:
+            parser.add_argument("--stats", nargs="+", required=True, metavar="ENTRY", help=stats_help)
+        parser.add_argument("--out-figure", type=Path, required=True, help="PNG file to write")
+        parser.add_argument("--out-csv", type=Path, required=True, help="CSV file of the plotted numbers")
+        return parser
+
+    command = figure("error-curve", "cumulative reconstruction error of one sublayer after each sweep block")
+    command.add_argument("--model", required=True, help="model name for the title")
+    command.add_argument("--block", type=int, required=True, help="decoder block of the sublayer")
+    command.add_argument("--sublayer", required=True, help="sublayer name, e.g. self_attn.o_proj")
+
+    command = figure("columnar", "heatmap of a sublayer's weight or ROSE score with sweep blocks and block losses")
+    command.add_argument("--model", required=True, help="model name for the title")
+    command.add_argument("--model-dir", type=Path, required=True, help="imported checkpoint folder (dense weights)")
+    command.add_argument("--hessians", type=Path, required=True, help="Hessian file of the block (activation norms)")
+    command.add_argument("--block", type=int, required=True)
+    command.add_argument("--sublayer", required=True)
+    command.add_argument("--quantity", choices=["score", "magnitude"], default="score", help="score: |W|*sqrt(a); magnitude: |W|")
+    command.add_argument("--out-heatmap-csv", type=Path, required=True, help="CSV of the binned heatmap")
+
+    command = figure("reordering", "relative range of block loss per decoder block and sublayer, reordered layers marked")
+    command.add_argument("--model", required=True)
+    command.add_argument("--threshold", type=float, required=True, help="ROSE threshold tau (pruning.threshold)")
+
+    command = figure("layer-error", "reconstruction error of every sublayer, SparseGPT against ROSE")
+    command.add_argument("--model", required=True)
+
+    command = figure("ordering-ablation", "reconstruction error and perplexity per column order of the sweep")
+    command.add_argument("--model", required=True)
+    command.add_argument("--summary", type=Path, default=None, help="summary.csv, for perplexity; omit to draw the error only")
+    command.add_argument("--block-size", type=int, required=True, help="sweep block size of the main grid")
+    command.add_argument("--nsamples", type=int, required=True, help="calibration windows of the main grid")
+
+    command = figure("sensitivity", "perplexity against sweep block size and calibration windows", stats=False)
+    command.add_argument("--model", required=True)
+    command.add_argument("--summary", type=Path, required=True)
+    command.add_argument("--block-size", type=int, required=True, help="sweep block size of the main grid")
+    command.add_argument("--nsamples", type=int, required=True, help="calibration windows of the main grid")
+    command.add_argument("--methods", nargs="+", required=True, help="methods the sweeps ran")
+
+    command = figure("stage-costs", "wall time and memory per workflow rule from Snakemake benchmark files", stats=False)
+    command.add_argument("--benchmarks", type=Path, required=True, help="folder of benchmark files, one subfolder per rule")
+    command.add_argument("--rules", nargs="*", default=None, help="rules to include (default: every subfolder)")
+
+    command = commands.add_parser("tables", help="perplexity, zero-shot and pruning-time tables from summary.csv")
+    command.add_argument("--summary", type=Path, required=True)
+    command.add_argument("--block-size", type=int, required=True, help="sweep block size of the main grid")
+    command.add_argument("--nsamples", type=int, required=True, help="calibration windows of the main grid")
+    command.add_argument("--out-dir", type=Path, required=True, help="writes perplexity, pruning_time (and zeroshot) .csv and .md")
+    command.add_argument("--zeroshot", action="store_true", help="also write zeroshot.csv from the zeroshot_<task> columns")
+
+
+def _figures(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from rose import figures
+
+    stats = None
+    if getattr(args, "stats", None):
+        stats = figures.load_block_stats([figures.parse_stats_entry(entry) for entry in args.stats])
+    if args.figure == "error-curve":
+        figures.draw_error_curve(stats, args.model, args.sublayer, args.block, args.out_figure, args.out_csv)
+    elif args.figure == "columnar":
+        from rose.io import read_json
+
+        if len(args.stats) != 1:
+            raise ValueError(f"the columnar figure takes the statistics of one ROSE run and block, got {len(args.stats)} entries")
+        record = read_json(figures.parse_stats_entry(args.stats[0])[2])
+        layer = next((item for item in record["sublayers"] if item["sublayer"] == args.sublayer), None)
+        if layer is None:
+            raise ValueError(f"sublayer {args.sublayer!r} not found in {args.stats[0]}")
+        weight, act_sq_norm = figures.load_columnar_inputs(args.model_dir, args.hessians, args.sublayer, args.block)
+        figures.draw_columnar(
+            weight, act_sq_norm, {**layer, "block_size": record["settings"]["block_size"]}, args.model, args.block,
+            args.quantity, args.out_figure, args.out_csv, args.out_heatmap_csv,
+        )
+    elif args.figure == "reordering":
+        figures.draw_reordering(stats, args.model, args.threshold, args.out_figure, args.out_csv)
+    elif args.figure == "layer-error":
+        figures.draw_layer_error(stats, args.model, args.out_figure, args.out_csv)
+    elif args.figure == "ordering-ablation":
+        from rose.tables import main_grid
+
+        summary = None
+        if args.summary is not None:
+            summary = main_grid(pd.read_csv(args.summary), args.block_size, args.nsamples)
+            summary = summary[summary["model"] == args.model]
+        figures.draw_ordering_ablation(stats, summary, args.model, args.out_figure, args.out_csv)
+    elif args.figure == "sensitivity":
+        summary = pd.read_csv(args.summary)
+        figures.draw_sensitivity(
+            summary[summary["model"] == args.model], args.model, args.block_size, args.nsamples, args.methods,
+            args.out_figure, args.out_csv,
+        )
+    elif args.figure == "stage-costs":
+        benchmarks = figures.load_benchmarks(args.benchmarks, args.rules)
+        figures.draw_stage_costs(benchmarks, args.out_figure, args.out_csv)
+
+
+def _tables(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from rose import tables
+
+    rows = tables.main_grid(pd.read_csv(args.summary), args.block_size, args.nsamples)
+    tables.perplexity_table(rows, args.out_dir / "perplexity.csv", args.out_dir / "perplexity.md")
+    tables.pruning_time_table(rows, args.out_dir / "pruning_time.csv", args.out_dir / "pruning_time.md")
+    if args.zeroshot:
+        tables.zeroshot_table(rows, args.out_dir / "zeroshot.csv")
+
+
 def run(args: argparse.Namespace) -> None:
+    if args.command in ("figures", "tables"):
+        # Handled before importing the pipeline, which loads transformers: these jobs only read files.
+        if args.command == "figures":
+            _figures(args)
+        else:
+            _tables(args)
+        return
     from rose import pipeline
 
     if args.command == "check-config":

@@ -158,6 +158,13 @@ def validate(raw: dict, check_paths: bool = True) -> dict:
     if pruning_methods and "unstructured" in config["patterns"] and not config["sparsities"]:
         raise ConfigError("'sparsities' is empty but unstructured pruning is configured; give at least one value in [0, 1)")
 
+    unknown_models = sorted(set(config["num_blocks"]) - set(config["models"]))
+    if unknown_models:
+        raise ConfigError(
+            f"num_blocks names model(s) {', '.join(map(repr, unknown_models))} that 'models' does not define; "
+            f"defined models: {', '.join(config['models'])}"
+        )
+
     _check_zeroshot(config["zeroshot"], check_paths)
 
     if check_paths:

@@ -8,9 +8,13 @@ def _maybe_temp(path):
 
 
 def _source_inputs(wildcards):
-    """Block 0 reads the captured inputs; block i reads block i-1's inputs and runs block i-1."""
+    """Block 0 reads the captured inputs; block i reads block i-1's inputs and runs block i-1.
+
+    Block 1 reads the captured inputs too (block 0's inputs file is only a link to them), so a
+    rerun of block 1 never needs block 0's hessian job to recreate that temporary link.
+    """
     block = int(wildcards.block)
-    if block == 0:
+    if block <= 1:
         return f"{embeddings_dir(wildcards)}/inputs.safetensors"
     return f"{run_dir(wildcards)}/inputs/{block_file(block - 1)}.safetensors"
 
@@ -42,7 +46,8 @@ rule hessian:
         benchmark_file("hessian", RUN_PATTERN + "/block_{block}")
     threads: THREADS
     resources:
-        mem_mb=4000,
+        mem_mb=block_mem_mb,
+        gpu=GPUS_PER_JOB,
         runtime=30,
     conda:
         CONDA_ENV
@@ -74,7 +79,8 @@ rule prune_block:
         benchmark_file("prune_block", RUN_PATTERN + "/block_{block}")
     threads: THREADS
     resources:
-        mem_mb=4000,
+        mem_mb=block_mem_mb,
+        gpu=GPUS_PER_JOB,
         runtime=30,
     conda:
         CONDA_ENV

@@ -43,7 +43,8 @@ rule capture_block_inputs:
         benchmark_file("capture_block_inputs", "{model}/{calib}")
     threads: THREADS
     resources:
-        mem_mb=8000,
+        mem_mb=model_mem_mb,
+        gpu=GPUS_PER_JOB,
         runtime=30,
     conda:
         CONDA_ENV

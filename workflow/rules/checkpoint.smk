@@ -14,7 +14,7 @@ rule assemble_checkpoint:
         benchmark_file("assemble_checkpoint", RUN_PATTERN)
     threads: 1
     resources:
-        mem_mb=8000,
+        mem_mb=model_mem_mb,
         runtime=30,
     conda:
         CONDA_ENV

@@ -80,7 +80,19 @@ def block_file(block):
 
 
 def num_blocks(model):
-    return count_blocks(config["models"][model], model_dir(model))
+    """Decoder blocks of a model: its imported config.json, else num_blocks in the config, else its source."""
+    from pathlib import Path
+
+    declared = config["num_blocks"].get(model)
+    if declared is not None and not (Path(model_dir(model)) / "config.json").is_file():
+        return declared
+    counted = count_blocks(config["models"][model], model_dir(model))
+    if declared is not None and declared != counted:
+        sys.exit(
+            f"Invalid configuration: num_blocks.{model} is {declared}, but the imported checkpoint "
+            f"{model_dir(model)} has {counted} decoder blocks; correct num_blocks.{model} or remove it"
+        )
+    return counted
 
 
 def calibration_settings(calib):
@@ -134,6 +146,81 @@ def benchmark_file(rule_name, pattern):
 
 
 RUN_PATTERN = "{model}/{calib}/{method}/{target}"
+
+
+# Resource requests. A local run uses them only under --resources limits; the SLURM executor passes
+# them to sbatch (mem_mb as --mem, in MiB). Memory is estimated from the imported model. Snakemake
+# (9.27) evaluates these functions when a job is about to start, so every job after the import sees
+# the imported checkpoint; a dry run evaluates them up front and shows the fallback.
+PROCESS_MEM_MB = 1024  # Python with torch and transformers imported, before any tensor is loaded
+FALLBACK_MEM_MB = 8000  # when the model's size is not known yet
+# GPU rules request one GPU per job when the config puts the work on CUDA (device: cuda or cuda:N).
+GPUS_PER_JOB = 1 if DEVICE.startswith("cuda") else 0
+
+
+def _mebibytes(size_bytes):
+    return -(-int(size_bytes) // (1024 * 1024))
+
+
+def _weight_bytes(model):
+    """Size in bytes of the model's float32 weights: the imported checkpoint, else a local folder spec, else None."""
+    import json
+    from pathlib import Path
+
+    for folder in (Path(model_dir(model)), Path(str(config["models"][model]))):
+        files = [*folder.glob("*.safetensors"), *folder.glob("*.bin")] if folder.is_dir() else []
+        if not files:
+            continue
+        size = sum(path.stat().st_size for path in files)
+        config_file = folder / "config.json"
+        model_config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+        stored = model_config.get("dtype") or model_config.get("torch_dtype")
+        # A float16 or bfloat16 checkpoint doubles in size when it is imported as float32.
+        return size * 2 if stored in ("float16", "bfloat16") else size
+    return None
+
+
+def _block_plan(model, calib):
+    """rose.planning's sizes of one block's jobs, or None before the model is imported."""
+    import json
+    from pathlib import Path
+
+    from rose import planning
+
+    config_file = Path(model_dir(model)) / "config.json"
+    model_bytes = _weight_bytes(model)
+    if model_bytes is None or not config_file.is_file():
+        return None
+    settings = calibration_settings(calib)
+    dtype_bytes = 4 if config["activation_dtype"] in ("float32", "auto") else 2
+    return planning.estimate_block_plan(
+        json.loads(config_file.read_text()), model_bytes, settings["nsamples"], settings["seqlen"], dtype_bytes
+    )
+
+
+def block_mem_mb(wildcards):
+    """mem_mb of a hessian or prune_block job, from rose.planning's estimate of one block's job."""
+    plan = _block_plan(wildcards.model, wildcards.calib)
+    if plan is None:
+        return FALLBACK_MEM_MB
+    # Writing the output activations serialises them once more; a quarter on top is allocator slack.
+    return PROCESS_MEM_MB + _mebibytes(1.25 * (plan.hessian_job + plan.activations))
+
+
+def model_mem_mb(wildcards):
+    """mem_mb of a job that loads the whole model: import, capture, assembly, perplexity, zero-shot.
+
+    Up to three copies of the weights: the loaded model, the tensors being read or written, and
+    the serialised file or the logits. Jobs of one calibration setting add two copies of its block
+    activations, which capture holds and serialises.
+    """
+    model_bytes = _weight_bytes(wildcards.model)
+    if model_bytes is None:
+        # NOTE: importing a hub model or a GGUF file requests this fixed amount; a model larger
+        # than about 2 GB of float32 weights needs --set-resources import_model:mem_mb=... on SLURM.
+        return FALLBACK_MEM_MB
+    plan = _block_plan(wildcards.model, wildcards.calib) if "calib" in wildcards.keys() else None
+    return PROCESS_MEM_MB + _mebibytes(3 * model_bytes + 2 * (plan.activations if plan else 0))
 
 
 check_resources()

@@ -21,7 +21,8 @@ rule perplexity:
         benchmark_file("perplexity", RUN_PATTERN + "/{dataset}")
     threads: THREADS
     resources:
-        mem_mb=8000,
+        mem_mb=model_mem_mb,
+        gpu=GPUS_PER_JOB,
         runtime=60,
     conda:
         CONDA_ENV

@@ -12,7 +12,7 @@ rule import_model:
         benchmark_file("import_model", "{model}")
     threads: THREADS
     resources:
-        mem_mb=8000,
+        mem_mb=model_mem_mb,
         runtime=60,
     conda:
         CONDA_ENV

@@ -42,7 +42,7 @@ rule summary:
         ],
     output:
         table=f"{RESULTS}/summary.csv",
-        figure=f"{RESULTS}/figures/perplexity_vs_sparsity.png",
+        figure=report(f"{RESULTS}/figures/perplexity_vs_sparsity.png", caption="../report/perplexity_vs_sparsity.rst", category="Figures", subcategory="all models"),
         **({"zeroshot_table": ZEROSHOT_TABLE} if ZEROSHOT_TASKS else {}),
     params:
         rows=" ".join(

@@ -26,7 +26,8 @@ rule zeroshot:
         benchmark_file("zeroshot", RUN_PATTERN)
     threads: THREADS
     resources:
-        mem_mb=8000,
+        mem_mb=model_mem_mb,
+        gpu=GPUS_PER_JOB,
         runtime=120,
     conda:
         CONDA_ENV

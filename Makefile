@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CORES ?= 2
 SNAKEMAKE_ARGS ?=
 
-.PHONY: demo test test-slow install dry-run clean-results
+.PHONY: demo test test-slow test-slurm install dry-run clean-results
 
 $(BIN)/.installed: pyproject.toml requirements.txt requirements-data.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ test: install
 
 test-slow: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -m slow
+
+# Needs root: the tests start a one-node SLURM cluster on this machine with .ci/slurm-up.
+test-slurm: install
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -m slurm
 
 clean-results:
 	rm -rf results .snakemake

@@ -204,7 +204,7 @@ def block_mem_mb(wildcards):
     if plan is None:
         return FALLBACK_MEM_MB
     # Writing the output activations serialises them once more; a quarter on top is allocator slack.
-    return PROCESS_MEM_MB + _mebibytes(1.25 * (plan.hessian_job + plan.activations))
+    return PROCESS_MEM_MB + _mebibytes(1.25 * max(plan.hessian_job + plan.activations, plan.prune_job))
 
 
 def model_mem_mb(wildcards):

@@ -304,7 +304,10 @@ rule tables:
         pruning_time=report(f"{TABLE_DIR}/pruning_time.csv", caption="../report/pruning_time_table.rst", category="Tables"),
         pruning_time_md=f"{TABLE_DIR}/pruning_time.md",
         **(
-            {"zeroshot": report(f"{TABLE_DIR}/zeroshot.csv", caption="../report/zeroshot_table.rst", category="Tables")}
+            {
+                "zeroshot": report(f"{TABLE_DIR}/zeroshot.csv", caption="../report/zeroshot_table.rst", category="Tables"),
+                "zeroshot_md": f"{TABLE_DIR}/zeroshot_mean.md",
+            }
             if ZEROSHOT_TASKS
             else {}
         ),

@@ -73,3 +73,35 @@ def test_tokenize_stream_adds_no_special_tokens(tiny_model):
     ids = tokenize_stream(tokenizer, "the model prunes")
     assert ids.dim() == 1
     assert tokenizer.eos_token_id not in ids.tolist()
+
+
+def test_short_documents_joined_into_full_windows(tmp_path, tiny_model):
+    """Documents shorter than a window are concatenated, so every window still has seqlen tokens."""
+    from rose import pipeline
+    from rose.io import load_tensors
+
+    corpus = tmp_path / "short.txt"
+    corpus.write_text("\n".join(f"river {i} flows." for i in range(300)) + "\n")
+    out = tmp_path / "tokens.safetensors"
+    pipeline.calibrate(tiny_model, str(corpus), nsamples=6, seqlen=48, seed=0, out=out)
+    tokens, record = load_tensors(out)
+    assert tokens["tokens"].shape == (6, 48)
+    assert record["stream_tokens"] > 48
+
+
+def test_tokenizer_without_pad_token_calibrates(tmp_path, tiny_model, corpus_file):
+    from transformers import AutoTokenizer
+
+    from rose import pipeline
+
+    assert AutoTokenizer.from_pretrained(str(tiny_model)).pad_token is None
+    pipeline.calibrate(tiny_model, str(corpus_file), nsamples=2, seqlen=16, seed=0, out=tmp_path / "t.safetensors")
+    assert (tmp_path / "t.safetensors").exists()
+
+
+def test_seqlen_above_context_rejected(tmp_path, tiny_model, corpus_file):
+    from rose import pipeline
+
+    with pytest.raises(ValueError, match="seqlen 1000 exceeds the model's context length of 256 tokens"):
+        pipeline.calibrate(tiny_model, str(corpus_file), nsamples=2, seqlen=1000, seed=0, out=tmp_path / "t.safetensors")
+    assert not (tmp_path / "t.safetensors").exists()

@@ -94,8 +94,8 @@ def load_tensors(
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             header = json.loads((handle.metadata() or {}).get(METADATA_KEY, "{}"))
-            wanted = list(handle.keys()) if names is None else names
-            tensors = {name: handle.get_tensor(name) for name in wanted}
+            requested = list(handle.keys()) if names is None else names
+            tensors = {name: handle.get_tensor(name) for name in requested}
     except (SafetensorError, OSError, ValueError) as error:
         raise _corrupt(path, f"unreadable safetensors file ({error})") from error
     checksums = header.get("sha256", {})
@@ -108,10 +108,10 @@ def load_tensors(
 
 
 def file_digest(path: str | os.PathLike) -> str:
-    """sha256 identifying a file's content, for provenance records.
+    """Compute a sha256 identifying a file's content, for provenance records.
 
-    For a tensor file written by `save_tensors` it is computed from the per-tensor checksums in
-    the header, so no tensor data is read; for any other file, from its bytes.
+    For a tensor file written by `save_tensors` the digest comes from the per-tensor checksums
+    in the header, so no tensor data is read. Any other file is hashed byte by byte.
     """
     path = Path(path)
     if path.suffix == ".safetensors":

@@ -80,10 +80,10 @@ def provenance(inputs: dict[str, Path | None] | None = None, **fields) -> dict:
     }
 
 
-def check_finite(tensor: torch.Tensor, what: str) -> None:
+def check_finite(tensor: torch.Tensor, description: str) -> None:
     if not bool(torch.isfinite(tensor).all()):
         bad = int((~torch.isfinite(tensor)).sum())
-        raise FloatingPointError(f"{what} contains {bad} NaN or inf values")
+        raise FloatingPointError(f"{description} contains {bad} NaN or inf values")
 
 
 # Stage 2: calibration windows.

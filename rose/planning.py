@@ -40,7 +40,7 @@ class BlockPlan:
 
 
 def sweep_working_set(rows: int, cols: int) -> int:
-    """Float32 bytes the sweep of one rows × cols sublayer holds at its peak.
+    """Estimate the float32 bytes the sweep of one rows × cols sublayer keeps at its peak.
 
     Six cols × cols matrices (the permuted Hessian, its damped copy, the Cholesky factor, the
     inverse, its factor U, one temporary) and three rows × cols ones (the permuted weight, its
@@ -118,7 +118,7 @@ def available_memory_bytes() -> int | None:
     return None
 
 
-def check_memory(needed: int, what: str, knob: str, limit: int | None = None) -> None:
+def check_memory(needed: int, description: str, knob: str, limit: int | None = None) -> None:
     """Raise `ResourceError` when ``needed`` bytes exceed the limit or the available memory."""
     available = available_memory_bytes()
     ceilings = [value for value in (limit, available) if value is not None]
@@ -126,11 +126,11 @@ def check_memory(needed: int, what: str, knob: str, limit: int | None = None) ->
         ceiling = min(ceilings)
         source = "the configured limit" if limit is not None and ceiling == limit else "the available memory"
         raise ResourceError(
-            f"{what} needs an estimated {needed / GIB:.2f} GiB, more than {source} of {ceiling / GIB:.2f} GiB; {knob}"
+            f"{description} needs an estimated {needed / GIB:.2f} GiB, more than {source} of {ceiling / GIB:.2f} GiB; {knob}"
         )
 
 
-def check_disk(folder: str | os.PathLike, needed: int, what: str, knob: str) -> None:
+def check_disk(folder: str | os.PathLike, needed: int, description: str, knob: str) -> None:
     """Raise `ResourceError` when the file system of ``folder`` has less than ``needed`` bytes free."""
     folder = Path(folder)
     while not folder.exists() and folder != folder.parent:
@@ -138,6 +138,6 @@ def check_disk(folder: str | os.PathLike, needed: int, what: str, knob: str) -> 
     free = shutil.disk_usage(folder).free
     if needed > free:
         raise ResourceError(
-            f"{what} needs an estimated {needed / GIB:.2f} GiB of disk in {folder}, "
+            f"{description} needs an estimated {needed / GIB:.2f} GiB of disk in {folder}, "
             f"but only {free / GIB:.2f} GiB are free; {knob}"
         )

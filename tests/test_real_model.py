@@ -69,6 +69,7 @@ def test_demo_settings_reach_reference_perplexity(tmp_path):
         "perplexity": {"datasets": ["wiki-sample"], "seqlen": 512, "max_chars": 200000, "max_windows": 16, "batch_size": 4},
         "device": "cpu",
         "threads": 1,
+        "zeroshot": {"tasks": ["piqa"], "limit": 10},
     }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     snakemake(tmp_path, timeout=3000)
@@ -78,3 +79,4 @@ def test_demo_settings_reach_reference_perplexity(tmp_path):
     assert 15 < dense < 30
     assert math.isfinite(rose) and dense < rose < 4 * dense
     assert table.loc["rose", "sparsity_reached"] == pytest.approx(0.5, abs=1e-3)
+    assert 0.0 <= table.loc["rose", "zeroshot_piqa"] <= 1.0

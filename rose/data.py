@@ -137,7 +137,7 @@ def calibration_text(corpus: Corpus, nsamples: int, seqlen: int) -> str:
 
     Small corpora are used whole. Large ones (a C4 shard contains about 356 k documents) are cut
     after enough documents for roughly 8 characters per needed token, which keeps tokenising
-    short; the cut is deterministic, so the same settings always see the same text.
+    short. The cut is deterministic, so the same settings always read the same text.
     """
     budget = max(nsamples * seqlen * 8, 1_000_000)
     kept, size = [], 0

@@ -30,7 +30,7 @@ class PruneStats:
     ``relative_error`` is tr(ΔW H ΔWᵀ) / tr(W H Wᵀ) with the undamped Hessian (None without a
     Hessian). ``error_curve`` is the same ratio after each sweep block, measured against the
     damped Hessian the sweep works with (empty for methods without a sweep). ``block_loss`` and
-    ``relative_range`` come from ROSE's pre-pruning; ``reordered`` tells whether the order changed.
+    ``relative_range`` come from ROSE's pre-pruning; ``reordered`` is True when the order changed.
     """
 
     method: str

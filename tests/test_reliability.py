@@ -126,7 +126,7 @@ def test_damping_change_reruns_only_pruning(finished_sparsegpt_run, tmp_path):
     _with_change(workdir, "pruning", "damping", 0.05)
     counts = job_counts(snakemake(workdir, "-n").stdout)
     assert counts["prune_block"] == 2  # both blocks of the one pruned run
-    assert counts["hessian"] == 1  # block 1 sees new pruned outputs of block 0; block 0 is unchanged
+    assert counts["hessian"] == 1  # block 1 gets new pruned outputs of block 0, and block 0 is unchanged
     assert counts["perplexity"] == 1
     for unaffected in ("import_model", "calibrate", "capture_block_inputs"):
         assert unaffected not in counts
